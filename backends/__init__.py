@@ -1,0 +1,1 @@
+"""Backends that consume a mapping bundle (never the in-memory IR): ``sim`` and ``rtl``."""

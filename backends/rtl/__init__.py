@@ -1,0 +1,1 @@
+"""SystemVerilog backend: memory images, crossbar macro model, datapaths, testbenches."""

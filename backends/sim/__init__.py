@@ -1,0 +1,1 @@
+"""Bit-accurate simulator of a mapping bundle."""
