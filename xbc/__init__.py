@@ -9,6 +9,16 @@ Python API::
 
 __version__ = "0.1.0"
 
+# In a source checkout (``python -m pytest`` from the repo root puts the checkout first on
+# sys.path), let ``xbc.passes`` / ``xbc.backends`` resolve to the top-level folders exactly as
+# the installed package maps them (pyproject's package-dir).
+import os as _os
+
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
+        _os.path.join(_root, "passes", "__init__.py")):
+    __path__.append(_root)  # type: ignore[name-defined]
+
 from .errors import XbcError  # noqa: E402,F401
 
 

@@ -131,6 +131,7 @@ class Layer:
     col_perm: np.ndarray | None = None    # int32 [G, C]
     segments: list[Segment] | None = None
     program: LayerProgram | None = None
+    prequant: dict[str, Any] | None = None  # pre-quantized model: {"w_int", "w_scale", "w_zero_point"}
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -168,6 +169,39 @@ class Layer:
             for name in ("col_group", "col_index", "col_shift", "col_sign"):
                 if getattr(p, name).shape != (X, p.cells.shape[2]):
                     raise VerifyError(f"layer {self.id}: program.{name} has shape {getattr(p, name).shape}")
+
+
+@dataclass(eq=False)
+class LayerSpec:
+    """Everything a backend needs to run one crossbar layer, as read back from a bundle.
+
+    Integer semantics (see passes/quantize.py): ``xq = clip(round_half_even(x / x_scale) +
+    x_zero_point, 0, 2**input_bits - 1)``, padding filled with ``x_zero_point``;
+    ``acc[o] = sum_r w[r, o] * xq[r]`` (the program computes it); output
+    ``y[o] = x_scale * w_scale[o] * (acc[o] - x_zero_point * sum_r w[r, o]) + bias[o]``.
+    """
+
+    id: str
+    kind: str
+    groups: int
+    rows: int
+    cols: int
+    attrs: dict[str, Any]           # ONNX attrs: strides, pads, dilations, group, kernel_shape, output_padding, transB
+    weight_shape: tuple
+    input_bits: int
+    weight_bits: int
+    x_scale: float
+    x_zero_point: int
+    w_scale: np.ndarray             # float64 [Cout]
+    w_int: np.ndarray               # int32, weight layout (after lossy passes)
+    bias: np.ndarray | None         # float32 [Cout]
+    row_perm: np.ndarray | None
+    col_perm: np.ndarray | None
+    program: LayerProgram
+    cell_bits: int
+    dac_bits: int
+    adc_bits: int
+    rows_active: int
 
 
 # ----------------------------------------------------------------------------------------
