@@ -40,6 +40,51 @@ def elem_type_of(array: np.ndarray) -> int:
     return helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
 
 
+def _graph_attrs(value: Any) -> list:
+    if isinstance(value, onnx.GraphProto):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], onnx.GraphProto):
+        return list(value)
+    return []
+
+
+def _proto_reads(g: onnx.GraphProto, reads: set, defined: set) -> None:
+    defined.update(i.name for i in g.input)
+    defined.update(t.name for t in g.initializer)
+    defined.update(t.values.name for t in g.sparse_initializer)
+    for n in g.node:
+        reads.update(x for x in n.input if x)
+        defined.update(x for x in n.output if x)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _proto_reads(a.g, reads, defined)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    _proto_reads(sub, reads, defined)
+    reads.update(o.name for o in g.output)
+
+
+def subgraph_refs(node: "Node") -> set[str]:
+    """Names of enclosing-scope values that the node's subgraph attributes (If/Loop/Scan bodies)
+    read by name. These reads are not in use lists: never rename or remove such a value."""
+    reads: set[str] = set()
+    defined: set[str] = set()
+    for v in node.attrs.values():
+        for g in _graph_attrs(v):
+            _proto_reads(g, reads, defined)
+    return reads - defined
+
+
+def implicit_reads(graph: "Graph") -> dict[str, list["Node"]]:
+    """Value name -> nodes whose subgraphs read it by name (see :func:`subgraph_refs`)."""
+    out: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        if any(_graph_attrs(v) for v in n.attrs.values()):
+            for name in subgraph_refs(n):
+                out.setdefault(name, []).append(n)
+    return out
+
+
 class Value:
     """A tensor in the graph. ``shape`` is a tuple of ints (concrete after the frontend)."""
 
@@ -218,6 +263,7 @@ class Graph:
         """Drop nodes without side effects whose outputs nobody reads, and unused constants."""
         removed = 0
         outputs = set(map(id, self.outputs))
+        outputs.update(id(self.values[n]) for n in implicit_reads(self) if n in self.values)
         changed = True
         while changed:
             changed = False
@@ -238,8 +284,16 @@ class Graph:
         order: list[Node] = []
         done: set[int] = set()
         index = {id(n): i for i, n in enumerate(self.nodes)}
+        implicit: dict[int, list[Node]] = {}  # producer -> nodes whose subgraphs read its outputs
+        extra: dict[int, int] = {}
+        for name, readers in implicit_reads(self).items():
+            v = self.values.get(name)
+            if v is not None and v.producer is not None:
+                for r in readers:
+                    implicit.setdefault(id(v.producer), []).append(r)
+                    extra[id(r)] = extra.get(id(r), 0) + 1
         pending = {id(n): sum(1 for v in n.inputs if v is not None and v.producer is not None)
-                   for n in self.nodes}
+                   + extra.get(id(n), 0) for n in self.nodes}
         import heapq
         ready = [(index[id(n)], n) for n in self.nodes if pending[id(n)] == 0]
         heapq.heapify(ready)
@@ -247,11 +301,11 @@ class Graph:
             _, n = heapq.heappop(ready)
             order.append(n)
             done.add(id(n))
-            for out in n.outputs:
-                for user, _ in out.uses:
-                    pending[id(user)] -= 1
-                    if pending[id(user)] == 0:
-                        heapq.heappush(ready, (index[id(user)], user))
+            users = [user for out in n.outputs for user, _ in out.uses] + implicit.get(id(n), [])
+            for user in users:
+                pending[id(user)] -= 1
+                if pending[id(user)] == 0:
+                    heapq.heappush(ready, (index[id(user)], user))
         if len(order) != len(self.nodes):
             stuck = [n.name for n in self.nodes if id(n) not in done][:5]
             raise VerifyError(f"graph has a cycle through nodes {stuck}")
@@ -306,6 +360,8 @@ def verify(graph: Graph) -> None:
             if graph.values.get(out.name) is not out:
                 raise VerifyError(f"output {out.name!r} of {node.name!r} is not in the graph")
             seen.add(id(out))
+            if out.meta.get("onnx_type") is not None:  # sequence / optional / map value
+                continue
             if out.shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in out.shape):
                 raise VerifyError(f"output {out.name!r} of node {node.name!r} ({node.op_type}) has no "
                                   f"concrete shape: {out.shape}")
@@ -313,6 +369,12 @@ def verify(graph: Graph) -> None:
                 raise VerifyError(f"output {out.name!r} of node {node.name!r} has no element type")
         if node.layer is not None:
             node.layer.verify(node)
+        if any(_graph_attrs(a) for a in node.attrs.values()):
+            for name in sorted(subgraph_refs(node)):
+                v = graph.values.get(name)
+                if v is None or id(v) not in seen:
+                    raise VerifyError(f"a subgraph of node {node.name!r} ({node.op_type}) reads {name!r}, "
+                                      f"which is not defined before it")
     for v in graph.values.values():
         for user, idx in v.uses:
             if user.graph is not graph or idx >= len(user.inputs) or user.inputs[idx] is not v:
@@ -382,6 +444,8 @@ def make_onnx_attribute(name: str, value: Any, attr_type: int | None = None) -> 
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
+    if v.meta.get("onnx_type") is not None:  # sequence / optional / map (a TypeProto)
+        return helper.make_value_info(v.name, v.meta["onnx_type"])
     return helper.make_tensor_value_info(v.name, v.elem_type or 0,
                                          None if v.shape is None else list(v.shape))
 
@@ -395,13 +459,15 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
                                  [o.name for o in n.outputs], name=n.name, domain=n.domain or None)
         proto.attribute.extend(attrs)
         nodes.append(proto)
+    sub_reads = implicit_reads(graph)
     used_consts = sorted(name for name, v in graph.values.items()
-                         if v.const is not None and (v.uses or v in graph.outputs))
-    inits = [numpy_helper.from_array(np.ascontiguousarray(graph.values[n].const), n) for n in used_consts]
+                         if v.const is not None and (v.uses or v in graph.outputs or name in sub_reads))
+    inits = [numpy_helper.from_array(np.asarray(graph.values[n].const, order="C"), n) for n in used_consts]  # (ascontiguousarray would make scalars 1-D)
     produced = [o for n in graph.nodes for o in n.outputs if o not in graph.outputs]
     g = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs], inits,
-                          value_info=[_value_info(v) for v in produced if v.shape is not None])
+                          value_info=[_value_info(v) for v in produced
+                                      if v.shape is not None or v.meta.get("onnx_type") is not None])
     opsets = [helper.make_opsetid(d, ver) for d, ver in sorted(graph.opset_imports.items())]
     model = helper.make_model(g, opset_imports=opsets, producer_name="xbc")
     if "ir_version" in graph.model_meta:

@@ -1,0 +1,549 @@
+"""SystemVerilog from a mapping bundle: memory images, crossbar macro, datapaths, testbenches.
+
+What is generated (``emit_rtl``; ``xbc emit-rtl BUNDLE -o DIR``), all under ``DIR``:
+
+``mem/<L>_x<NNN>.memh``
+    the cells of physical crossbar ``NNN`` of layer ``L``, ``$readmemh`` format, **one line per
+    physical row** (``Rx`` lines), each line ``Cx * cell_bits`` bits in hex with column ``j`` in
+    bits ``[j*cell_bits +: cell_bits]`` (the rightmost hex digit holds column 0).
+``rtl/xbc_crossbar.sv``
+    behavioral macro (parameters ROWS, COLS, CELL_BITS, DAC_BITS, ADC_BITS, ROWS_ACTIVE): column
+    sums over the active row chunk of the DAC slice, saturating ADC ``min(sum, 2**ADC_BITS-1)``.
+``rtl/xbc_layer_<L>.sv``
+    the layer datapath (synthesizable style): input shift registers fed LSB first in DAC slices,
+    row-chunk and slice counters, one instance of the macro per physical crossbar, the splice
+    table as a generated ROM (crossbar, column, group, output column, shift, sign), one
+    shift-and-add per clock into ``acc[g][c]``, initialised to ``-offset * sum_r xq[g][r]``.
+    Cycle-level schedule and arithmetic: :mod:`xbc.backends.rtl.golden`.
+``tb/tb_<L>.sv``, ``tb/<L>_x.memh``, ``tb/<L>_acc.memh``
+    testbench, stimulus (xq vectors) and expected integer accumulators.
+``files.f``, ``Makefile``, ``rtl_manifest.json``
+    file list, ``make`` (runs every testbench in Icarus Verilog, non-zero exit on any mismatch),
+    ``make lint`` (Verilator), and a machine-readable description of what was written.
+
+Stimulus: ``vectors`` xq vectors per layer, deterministic in ``seed`` and the layer id: the first
+drives every input at its maximum (the worst case for ADC saturation), the others are uniform
+random integers in ``[0, 2**input_bits)``, every fourth one with half of its inputs zeroed.
+Expected values: the simulator's bit-serial kernel (``xbc.backends.sim``) when it is available,
+always cross-checked against the numpy golden model of this package; a disagreement is an error.
+
+Accumulator width ``ACC_W``: two bits more than the largest magnitude any partial sum can reach,
+``offset * R * (2**input_bits-1) + sum_e 2**shift_e * sum_q min(chunk column max, ADC max) *
+sum_k 2**(k*dac_bits)``, so the two's complement accumulator never wraps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from xbc import __version__
+from xbc.errors import BundleError, OptionError, XbcError
+from xbc.layer import LayerSpec
+
+from . import golden
+
+ACC_W_MAX = 62   # the golden model and the hex files use int64
+
+
+class RTLToolError(XbcError):
+    """An external tool (iverilog, vvp, verilator, make) is missing."""
+
+
+class RTLMismatch(XbcError):
+    """The generated RTL disagrees with the simulator (a bug: report it)."""
+
+    exit_code = 1
+
+
+def _template(name: str) -> str:
+    return (resources.files(__package__) / "templates" / name).read_text()
+
+
+def _fill(text: str, values: Mapping[str, Any]) -> str:
+    out = re.sub(r"@@([A-Z0-9_]+)@@", lambda m: str(values[m.group(1)]), text)
+    return out
+
+
+def _bits(n: int) -> int:
+    """Bits to index ``n`` items (at least 1)."""
+    return max(1, (int(n) - 1).bit_length())
+
+
+def sv_names(layer_ids: list[str]) -> dict[str, str]:
+    """Layer id -> unique SystemVerilog-safe identifier suffix."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for lid in layer_ids:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", lid) or "layer"
+        if not re.match(r"[A-Za-z_]", base):
+            base = "L" + base
+        name, k = base, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name.lower())
+        out[lid] = name
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# per-layer plan: widths and the splice table
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class LayerPlan:
+    layer_id: str
+    name: str
+    spec: LayerSpec
+    X: int
+    Rx: int
+    Cx: int
+    S: int
+    ra: int
+    Q: int
+    acc_w: int
+    sh_w: int
+    entries: np.ndarray            # int64 [E, 6]: x, j, group, col, shift, sign
+    mem_files: list[str] = field(default_factory=list)
+
+    @property
+    def module(self) -> str:
+        return f"xbc_layer_{self.name}"
+
+    @property
+    def E(self) -> int:
+        return int(self.entries.shape[0])
+
+    @property
+    def cycles(self) -> int:
+        return self.S * self.Q * max(1, self.E)
+
+
+def plan_layer(spec: LayerSpec, name: str) -> LayerPlan:
+    p = spec.program
+    X, Rx, Cx = p.cells.shape
+    S = golden.n_slices(spec.input_bits, spec.dac_bits)
+    ra = golden.active_rows(spec.rows_active, Rx)
+    Q = math.ceil(Rx / ra) if Rx else 1
+    xs, js = np.nonzero((p.col_group >= 0) & (p.col_sign != 0))
+    entries = np.stack([xs, js, p.col_group[xs, js], p.col_index[xs, js], p.col_shift[xs, js],
+                        p.col_sign[xs, js]], axis=1).astype(np.int64).reshape(-1, 6)
+    # accumulator bound (float64: only its magnitude matters, two bits of margin)
+    adc_max = (1 << spec.adc_bits) - 1
+    dac_max = (1 << spec.dac_bits) - 1
+    bound = float(spec.program.offset) * spec.rows * ((1 << spec.input_bits) - 1)
+    if len(entries):
+        pad = Q * ra - Rx
+        used = (p.row_group >= 0)[:, :, None]
+        cells = np.where(used, p.cells.astype(np.float64), 0.0)
+        chunk_max = np.pad(cells, ((0, 0), (0, pad), (0, 0))).reshape(X, Q, ra, Cx).sum(axis=2) * dac_max
+        col_bound = np.minimum(chunk_max, adc_max).sum(axis=1)                    # [X, Cx]
+        kweight = float(sum(2.0 ** (k * spec.dac_bits) for k in range(S)))
+        term = col_bound[xs, js] * np.exp2(p.col_shift[xs, js]) * kweight
+        dst = p.col_group[xs, js].astype(np.int64) * spec.cols + p.col_index[xs, js]
+        per_out = np.zeros(spec.groups * spec.cols)
+        np.add.at(per_out, dst, term)
+        bound += float(per_out.max())
+    acc_w = max(2, int(math.ceil(math.log2(bound + 1.0))) + 2)
+    if acc_w > ACC_W_MAX:
+        raise OptionError(f"layer {spec.id}: accumulators need {acc_w} bits, more than the {ACC_W_MAX} "
+                          f"the RTL backend supports; emit fewer or smaller layers (--layers)")
+    max_shift = int(p.col_shift[xs, js].max()) if len(entries) else 0
+    sh_w = max(1, (max_shift + S * spec.dac_bits).bit_length())
+    return LayerPlan(layer_id=spec.id, name=name, spec=spec, X=X, Rx=Rx, Cx=Cx, S=S, ra=ra, Q=Q,
+                     acc_w=acc_w, sh_w=sh_w, entries=entries)
+
+
+# ----------------------------------------------------------------------------------------
+# hex images
+# ----------------------------------------------------------------------------------------
+
+_HEX = np.array(list("0123456789abcdef"))
+
+
+def cells_hex_lines(cells: np.ndarray, cell_bits: int) -> np.ndarray:
+    """``[X, Rx, Cx]`` cells -> ``[X, Rx]`` hex strings, one per row, column 0 in the low bits."""
+    X, Rx, Cx = cells.shape
+    nbits = Cx * cell_bits
+    ndig = max(1, math.ceil(nbits / 4))
+    bits = (cells[..., None].astype(np.uint8) >> np.arange(cell_bits, dtype=np.uint8)) & 1   # [X,Rx,Cx,cb]
+    bits = bits.reshape(X, Rx, nbits)
+    bits = np.pad(bits, ((0, 0), (0, 0), (0, ndig * 4 - nbits)))
+    nib = (bits.reshape(X, Rx, ndig, 4) << np.arange(4, dtype=np.uint8)).sum(axis=3)
+    chars = np.ascontiguousarray(_HEX[nib[..., ::-1]])                                         # MSB first
+    return chars.view(f"<U{ndig}").reshape(X, Rx)
+
+
+def values_hex(values: np.ndarray, width: int) -> str:
+    """Integers (two's complement for negatives) -> ``width``-bit hex, one per line."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    ndig = max(1, math.ceil(width / 4))
+    masked = v & np.int64((1 << width) - 1) if width < 64 else v
+    return "".join(np.char.add(np.char.zfill(np.char.mod("%x", masked), ndig), "\n").tolist())
+
+
+def parse_hex(text: str, width: int) -> np.ndarray:
+    """Inverse of :func:`values_hex` (signed). Unknown bits (x/z) raise ``ValueError``."""
+    vals = np.array([int(t, 16) for t in text.split()], dtype=np.int64)
+    return np.where(vals >= (1 << (width - 1)), vals - (1 << width), vals)
+
+
+# ----------------------------------------------------------------------------------------
+# stimulus and expected values
+# ----------------------------------------------------------------------------------------
+
+def make_stimulus(spec: LayerSpec, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` xq vectors ``[n, G, R]`` (int64); see the module docstring."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(spec.id.encode())])
+    hi = 1 << spec.input_bits
+    xq = rng.integers(0, hi, size=(n, spec.groups, spec.rows), dtype=np.int64)
+    if n:
+        xq[0] = hi - 1
+    sparse = np.arange(n) % 4 == 3
+    mask = rng.random(size=xq.shape) < 0.5
+    xq[sparse] = np.where(mask[sparse], 0, xq[sparse])
+    return xq
+
+
+def _simulator_acc(spec: LayerSpec, xq: np.ndarray) -> np.ndarray | None:
+    """Accumulators from the simulator's bit-serial kernel, or ``None`` if it is not available."""
+    try:
+        from xbc.backends.sim import kernel  # noqa: PLC0415
+    except ImportError:
+        return None
+    fn = getattr(kernel, "layer_acc", None)
+    if fn is None:
+        return None
+    return np.asarray(fn(spec, xq), dtype=np.int64).reshape(xq.shape[0], spec.groups, spec.cols)
+
+
+def expected_acc(spec: LayerSpec, xq: np.ndarray) -> tuple[np.ndarray, str]:
+    """Expected ``acc[n, g, c]`` and where it came from (simulator kernel or golden model)."""
+    mine = golden.spec_acc(spec, xq)
+    sim = _simulator_acc(spec, xq)
+    if sim is None:
+        return mine, "the xbc numpy golden model (backends/rtl/golden.py)"
+    if not np.array_equal(sim, mine):
+        n = int(np.count_nonzero(sim != mine))
+        raise RTLMismatch(f"layer {spec.id}: the simulator kernel and the RTL golden model disagree on "
+                          f"{n} accumulator(s); this is a bug in xbc, please report it")
+    return sim, "the xbc simulator's bit-serial kernel (cross-checked with backends/rtl/golden.py)"
+
+
+# ----------------------------------------------------------------------------------------
+# SystemVerilog text
+# ----------------------------------------------------------------------------------------
+
+def _xbar_list(plan: LayerPlan) -> str:
+    p = plan.spec.program
+    lines = []
+    for x in range(plan.X):
+        tile = int(p.tile[x]) if p.tile is not None else -1
+        slot = int(p.slot[x]) if p.slot is not None else -1
+        rows = int(np.count_nonzero(p.row_group[x] >= 0))
+        cols = int(np.count_nonzero(p.col_group[x] >= 0))
+        where = f"tile {tile}, slot {slot}" if tile >= 0 else "not placed"
+        lines.append(f"//   crossbar {x:3d}: {where}, {rows} rows x {cols} columns used, {plan.mem_files[x]}")
+    return "\n".join(lines) if lines else "//   (none: every weight of this layer is zero)"
+
+
+def _xbars(plan: LayerPlan) -> str:
+    spec, p = plan.spec, plan.spec.program
+    D = spec.dac_bits
+    out = []
+    for x in range(plan.X):
+        tile = int(p.tile[x]) if p.tile is not None else -1
+        slot = int(p.slot[x]) if p.slot is not None else -1
+        where = f"tile {tile} slot {slot}" if tile >= 0 else "not placed"
+        out.append(f"    // crossbar {x} of layer {spec.id} ({where}): {plan.mem_files[x]}")
+        out.append(f"    logic [XROWS*DAC_BITS-1:0] row_x{x:03d};")
+        out.append(f"    logic [XCOLS*ADC_BITS-1:0] col_x{x:03d};")
+        out.append("    always_comb begin")
+        out.append(f"        row_x{x:03d} = '0;")
+        rows = np.nonzero(p.row_group[x] >= 0)[0]
+        src = p.row_group[x, rows].astype(np.int64) * spec.rows + p.row_index[x, rows]
+        for i, s, g, r in zip(rows.tolist(), src.tolist(), p.row_group[x, rows].tolist(),
+                              p.row_index[x, rows].tolist()):
+            out.append(f"        row_x{x:03d}[{i * D} +: DAC_BITS] = xsh[{s}][DAC_BITS-1:0];"
+                       f"  // row {i}: group {g}, matrix row {r}")
+        out.append("    end")
+        out.append(f"    xbc_crossbar #(.ROWS(XROWS), .COLS(XCOLS), .CELL_BITS({spec.cell_bits}), "
+                   f".DAC_BITS(DAC_BITS), .ADC_BITS(ADC_BITS),")
+        out.append(f"                   .ROWS_ACTIVE({plan.ra}), .CHUNK_W(CHUNK_W), "
+                   f".MEMFILE(\"{plan.mem_files[x]}\"))")
+        out.append(f"        u_x{x:03d} (.row_in(row_x{x:03d}), .chunk(chunk), .col_out(col_x{x:03d}));")
+        out.append("")
+    return "\n".join(out)
+
+
+def _rom(plan: LayerPlan, widths: dict[str, int]) -> str:
+    ew, xw, jw, gw, cw, sw = (widths[k] for k in ("ENT_W", "XSEL_W", "JSEL_W", "GRP_W", "COL_W", "SH_W"))
+    lines = []
+    for e, (x, j, g, c, sh, sg) in enumerate(plan.entries.tolist()):
+        neg = "1'b1" if sg < 0 else "1'b0"
+        lines.append(f"            {ew}'d{e}: begin rom_x = {xw}'d{x}; rom_j = {jw}'d{j}; rom_g = {gw}'d{g}; "
+                     f"rom_c = {cw}'d{c}; rom_shift = {sw}'d{sh}; rom_neg = {neg}; end"
+                     f"  // crossbar {x} col {j} -> acc[{g}][{c}] {'-' if sg < 0 else '+'}= adc << {sh}")
+    return "\n".join(lines)
+
+
+def _colmux(plan: LayerPlan, xw: int) -> str:
+    return "\n".join(f"            {xw}'d{x}: adc = col_x{x:03d}[int'(rom_j)*ADC_BITS +: ADC_BITS];"
+                     for x in range(plan.X))
+
+
+def render_layer(plan: LayerPlan, source: str) -> str:
+    spec = plan.spec
+    G, R, C = spec.groups, spec.rows, spec.cols
+    widths = dict(SLICE_W=_bits(plan.S), CHUNK_W=_bits(plan.Q), ENT_W=_bits(max(1, plan.E)), SH_W=plan.sh_w,
+                  XSEL_W=_bits(max(1, plan.X)), JSEL_W=_bits(plan.Cx), GRP_W=_bits(G), COL_W=_bits(C),
+                  DST_W=_bits(G * C))
+    off = int(spec.program.offset)
+    if off:
+        off_decl = ("    // ---- offset encoding: every accumulator starts at -offset * sum_r xq[g][r]\n"
+                    f"    localparam int OFFSET = {off};\n"
+                    "    logic [ACC_W-1:0] xsum [0:G-1];\n"
+                    "    always_comb begin\n"
+                    "        for (int g = 0; g < G; g++) begin\n"
+                    "            xsum[g] = '0;\n"
+                    "            for (int r = 0; r < R; r++) xsum[g] = xsum[g] + ACC_W'(x_in[(g*R + r)*IN_BITS +: IN_BITS]);\n"
+                    "        end\n"
+                    "    end\n")
+        acc_init = "ACC_W'(0) - ACC_W'(OFFSET) * xsum[o / C]"
+    else:
+        off_decl = ""
+        acc_init = "'0"
+    vals = dict(widths, MODULE=plan.module, LAYER_ID=spec.id, KIND=spec.kind, G=G, R=R, C=C, VERSION=__version__,
+                SOURCE=source, X=plan.X, RX=plan.Rx, CX=plan.Cx, CELL_BITS=spec.cell_bits, IN_BITS=spec.input_bits,
+                DAC_BITS=spec.dac_bits, S=plan.S, RA=plan.ra, Q=plan.Q, ADC_BITS=spec.adc_bits,
+                ADC_MAX=(1 << spec.adc_bits) - 1, OFFSET=off, E=plan.E, CYCLES=plan.cycles,
+                XBAR_LIST=_xbar_list(plan), XIN_MSB=G * R * spec.input_bits - 1, ACC_MSB=G * C * plan.acc_w - 1,
+                ACC_W=plan.acc_w, OFFSET_DECL=off_decl, XBARS=_xbars(plan), ROM=_rom(plan, widths),
+                COLMUX=_colmux(plan, widths["XSEL_W"]), ACC_INIT=acc_init, E_LAST=max(0, plan.E - 1),
+                Q_LAST=plan.Q - 1, S_LAST=plan.S - 1)
+    return _fill(_template("layer.sv.tmpl"), vals)
+
+
+def render_testbench(plan: LayerPlan, n_vectors: int, expected_from: str) -> str:
+    spec = plan.spec
+    vals = dict(NAME=plan.name, MODULE=plan.module, LAYER_ID=spec.id, VERSION=__version__, NV=n_vectors,
+                G=spec.groups, C=spec.cols, N_IN=spec.groups * spec.rows, N_OUT=spec.groups * spec.cols,
+                IN_BITS=spec.input_bits, ACC_W=plan.acc_w, MAX_CYCLES=plan.cycles + 16, EXPECTED_FROM=expected_from)
+    return _fill(_template("tb.sv.tmpl"), vals)
+
+
+# ----------------------------------------------------------------------------------------
+# bundle input
+# ----------------------------------------------------------------------------------------
+
+def load_layers(source: str | os.PathLike | Mapping[str, LayerSpec]) -> tuple[dict[str, LayerSpec], str]:
+    """LayerSpecs from a bundle path (validated first) or an in-memory ``{id: LayerSpec}``."""
+    if isinstance(source, Mapping):
+        return dict(source), "an in-memory program"
+    path = Path(source)
+    if not path.exists():
+        raise BundleError(f"bundle {str(path)!r} does not exist; write one with "
+                          f"'xbc compile MODEL -o {path}'")
+    from xbc.bundle import read_bundle, validate_bundle  # noqa: PLC0415
+    problems = validate_bundle(path)
+    if problems:  # a validator that reports instead of raising
+        items = problems if isinstance(problems, (list, tuple)) else [problems]
+        if not all(isinstance(p, bool) for p in items):
+            raise BundleError(f"bundle {str(path)!r} does not validate: {'; '.join(map(str, items[:5]))}; "
+                              f"run 'xbc validate {path}' and recompile")
+    b = read_bundle(path)
+    return dict(b.layers), path.name
+
+
+def select_layers(layers: dict[str, LayerSpec], wanted: list[str] | None) -> dict[str, LayerSpec]:
+    if not wanted:
+        return layers
+    unknown = [w for w in wanted if w not in layers]
+    if unknown:
+        raise OptionError(f"--layers: no crossbar layer {', '.join(map(repr, unknown))} in the bundle; "
+                          f"known: {', '.join(layers)}")
+    return {k: layers[k] for k in wanted}
+
+
+# ----------------------------------------------------------------------------------------
+# the driver
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class EmitResult:
+    out_dir: Path
+    plans: list[LayerPlan]
+    stimulus: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    manifest: dict[str, Any]
+    log: str = ""
+
+
+def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = None, vectors: int = 8,
+             seed: int = 0, stimulus: Mapping[str, np.ndarray] | None = None, run: bool = False,
+             lint: bool = False) -> EmitResult:
+    """Write the RTL for ``source`` (bundle path or ``{id: LayerSpec}``) into ``out_dir``.
+
+    ``stimulus`` optionally gives the xq vectors ``[n, G, R]`` per layer id. With ``run`` the
+    testbenches are run (``make``) and the outputs compared with the expected values in Python
+    as well; with ``lint`` Verilator lints every datapath. The directory is written to a
+    temporary sibling and renamed into place, so a failure never leaves a half-written tree.
+    """
+    if vectors < 1:
+        raise OptionError(f"--vectors {vectors}: need at least 1 input vector per layer")
+    specs, source_name = load_layers(source)
+    specs = select_layers(specs, layers)
+    if not specs:
+        raise BundleError("the bundle has no crossbar layers: nothing to emit")
+    if run:
+        require_tools("iverilog", "vvp", "make")
+    if lint:
+        require_tools("verilator")
+    names = sv_names(list(specs))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"-o {out_dir}: exists and is not a directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for sub in ("rtl", "mem", "tb", "out", "log", "build"):
+            (tmp / sub).mkdir()
+        (tmp / "rtl" / "xbc_crossbar.sv").write_text(_template("xbc_crossbar.sv"))
+        plans, stim, expect = [], {}, {}
+        files = ["rtl/xbc_crossbar.sv"]
+        manifest_layers = []
+        for lid, spec in specs.items():
+            name = names[lid]
+            plan = plan_layer(spec, name)
+            lines = cells_hex_lines(spec.program.cells, spec.cell_bits) if plan.X else np.zeros((0, 0), str)
+            for x in range(plan.X):
+                rel = f"mem/{name}_x{x:03d}.memh"
+                (tmp / rel).write_text("\n".join(lines[x].tolist()) + "\n")
+                plan.mem_files.append(rel)
+            if stimulus is not None and lid in stimulus:
+                xq = np.asarray(stimulus[lid], dtype=np.int64).reshape(-1, spec.groups, spec.rows)
+                if xq.min() < 0 or xq.max() >= (1 << spec.input_bits):
+                    raise OptionError(f"layer {lid}: stimulus values must lie in [0, 2**{spec.input_bits})")
+            else:
+                xq = make_stimulus(spec, vectors, seed)
+            acc, source_of = expected_acc(spec, xq)
+            stim[lid], expect[lid] = xq, acc
+            (tmp / f"tb/{name}_x.memh").write_text(values_hex(xq, spec.input_bits))
+            (tmp / f"tb/{name}_acc.memh").write_text(values_hex(acc, plan.acc_w))
+            (tmp / f"rtl/{plan.module}.sv").write_text(render_layer(plan, source_name))
+            (tmp / f"tb/tb_{name}.sv").write_text(render_testbench(plan, xq.shape[0], source_of))
+            files += [f"rtl/{plan.module}.sv", f"tb/tb_{name}.sv"]
+            p = spec.program
+            manifest_layers.append({
+                "id": lid, "name": name, "module": plan.module, "testbench": f"tb_{name}",
+                "kind": spec.kind, "groups": spec.groups, "rows": spec.rows, "cols": spec.cols,
+                "input_bits": spec.input_bits, "dac_bits": spec.dac_bits, "adc_bits": spec.adc_bits,
+                "cell_bits": spec.cell_bits, "rows_active": plan.ra, "offset": int(p.offset),
+                "acc_width": plan.acc_w, "vectors": int(xq.shape[0]), "splice_entries": plan.E,
+                "cycles_per_vector": plan.cycles, "crossbar_rows": plan.Rx, "crossbar_cols": plan.Cx,
+                "crossbars": [{"index": x, "memory": plan.mem_files[x],
+                               "tile": int(p.tile[x]) if p.tile is not None else None,
+                               "slot": int(p.slot[x]) if p.slot is not None else None} for x in range(plan.X)],
+                "stimulus": f"tb/{name}_x.memh", "expected": f"tb/{name}_acc.memh",
+                "result": f"out/{name}_acc.memh", "expected_from": source_of,
+            })
+            plans.append(plan)
+        (tmp / "files.f").write_text("\n".join(files) + "\n")
+        (tmp / "Makefile").write_text(_fill(_template("Makefile.tmpl"), dict(
+            VERSION=__version__, SOURCE=source_name, LAYERS=" ".join(p.name for p in plans))))
+        manifest = {"schema": "xbc.rtl", "xbc_version": __version__, "source": source_name, "seed": int(seed),
+                    "memory_image_format": "one line per physical row; column j in bits [j*cell_bits +: cell_bits]",
+                    "layers": manifest_layers}
+        (tmp / "rtl_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    res = EmitResult(out_dir=out_dir, plans=plans, stimulus=stim, expected=expect, manifest=manifest)
+    if lint:
+        res.log += lint_rtl(out_dir)
+    if run:
+        res.log += run_rtl(out_dir)
+        check_outputs(res)
+    return res
+
+
+# ----------------------------------------------------------------------------------------
+# running the tools
+# ----------------------------------------------------------------------------------------
+
+_INSTALL = {"iverilog": "apt-get install iverilog", "vvp": "apt-get install iverilog",
+            "verilator": "apt-get install verilator", "make": "apt-get install make"}
+
+
+def require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        how = sorted({_INSTALL.get(t, f"install {t}") for t in missing})
+        raise RTLToolError(f"{', '.join(missing)} not found on PATH: needed to run the generated RTL; "
+                           f"install with '{' && '.join(how)}' (or emit without --run and run 'make' later)")
+
+
+def run_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
+    """``make`` in ``out_dir``; returns the log, raises :class:`RTLMismatch` on a non-zero exit."""
+    require_tools("iverilog", "vvp", "make")
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir)], capture_output=True, text=True,
+                          timeout=timeout)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        fails = [ln for ln in log.splitlines() if "XBC FAIL" in ln or "XBC MISMATCH" in ln or "error" in ln.lower()]
+        raise RTLMismatch(f"RTL simulation in {out_dir} failed (make exit {proc.returncode}): "
+                          f"{' | '.join(fails[:6]) or log[-500:]}")
+    return log
+
+
+def lint_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
+    """``make lint`` (Verilator ``--lint-only -Wall``); raises :class:`RTLMismatch` on any warning."""
+    require_tools("verilator", "make")
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir), "lint"], capture_output=True,
+                          text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0 or "%Warning" in log or "%Error" in log:
+        msgs = [ln for ln in log.splitlines() if ln.startswith("%")]
+        raise RTLMismatch(f"verilator lint of {out_dir} is not clean: {' | '.join(msgs[:6]) or log[-500:]}")
+    return log
+
+
+def read_outputs(out_dir: str | os.PathLike, manifest_layer: Mapping[str, Any]) -> np.ndarray:
+    """What the RTL computed for one layer: ``acc[n, g, c]`` (int64) from ``out/<L>_acc.memh``."""
+    m = manifest_layer
+    path = Path(out_dir) / m["result"]
+    if not path.exists():
+        raise RTLMismatch(f"layer {m['id']}: {path} was not written; run 'make' in {out_dir} first")
+    try:
+        vals = parse_hex(path.read_text(), m["acc_width"])
+    except ValueError:
+        raise RTLMismatch(f"layer {m['id']}: {path} holds unknown (x/z) bits") from None
+    want = m["vectors"] * m["groups"] * m["cols"]
+    if vals.size != want:
+        raise RTLMismatch(f"layer {m['id']}: {path} has {vals.size} values, expected {want}")
+    return vals.reshape(m["vectors"], m["groups"], m["cols"])
+
+
+def check_outputs(res: EmitResult) -> None:
+    for m in res.manifest["layers"]:
+        got = read_outputs(res.out_dir, m)
+        want = res.expected[m["id"]]
+        if not np.array_equal(got, want):
+            raise RTLMismatch(f"layer {m['id']}: RTL and simulator differ in "
+                              f"{int(np.count_nonzero(got != want))} of {want.size} outputs")

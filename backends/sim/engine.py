@@ -1,0 +1,498 @@
+"""Crossbar kernels of the bit-accurate simulator: one crossbar layer, run from its stored cells.
+
+Hardware model (one crossbar layer, see ``docs/simulator.md``)
+--------------------------------------------------------------
+1. **Input quantization** (digital, :func:`quantize_input`):
+   ``xq = clip(round_half_even(x / x_scale) + x_zero_point, 0, 2**input_bits - 1)``.
+2. **Unfolding** (:func:`im2col`): a Conv becomes a matrix product over input patches (any kernel
+   rank, groups, strides, dilations, explicit or ``auto_pad`` pads); padding takes the value
+   ``x_zero_point`` (the code of a real 0). A ConvTranspose is run as the equivalent direct conv
+   of the zero-inserted input (:func:`xbc.layer.convtranspose_as_conv`); inserted positions and
+   pads take ``x_zero_point`` too. Gemm rows and MatMul rows (any leading batch dims) are patches
+   as they are. Patch ``p`` of group ``g`` is the vector ``xq[p, g, r]`` over matrix rows ``r``.
+3. **Crossbars**: physical row ``i`` of crossbar ``x`` is driven by ``xq[p, row_group[x,i],
+   row_index[x,i]]`` (0 if unused). The input is applied in ``n_d = ceil(input_bits/dac_bits)``
+   DAC cycles, LSB first: ``xq = sum_d 2**(d*dac_bits) * slice_d``. Word lines are switched on in
+   chunks of ``rows_active`` consecutive physical rows; in every cycle ``d`` and chunk ``k`` each
+   used column ``j`` produces the integer column sum ``s = sum_{i in k} slice_d[i]*cells[x,i,j]``.
+4. **ADC**: saturating, unsigned (cells and inputs are non-negative):
+   ``adc(s) = min(s, 2**adc_bits - 1)``. Every (input vector, cycle, chunk with a used row, used
+   column) is one conversion; it *clips* when ``s > 2**adc_bits - 1``.
+5. **Splice** (shift-and-add in the periphery):
+   ``acc[g, col_index] += col_sign * 2**col_shift * 2**(d*dac_bits) * adc(s)``, then
+   ``acc[g, :] -= offset * sum_r xq[g, r]`` (offset encoding). ``row_index``/``col_index`` are
+   original matrix indices, so the reorder permutations are already undone.
+6. **Digital output**: ``y[o] = x_scale * w_scale[o] * (acc[o] - x_zero_point * colsum(w_int)[o])
+   + bias[o]`` (float64, then cast to the output type).
+
+How it is computed (exact, fast)
+--------------------------------
+Because ``adc(s) = s - max(s - L, 0)`` with ``L = 2**adc_bits - 1``, the spliced result equals
+the *ideal* integer product ``xq @ M`` with ``M = rebuild_matrix(cells, shifts, signs, indices,
+offset)`` (the matrix the cells store, not ``w_int``) minus a correction that is non-zero only
+for conversions that clip. The kernel therefore computes
+
+* ``xq @ M`` in one BLAS matmul per layer (float32 when every partial sum is an integer below
+  2**24 — the bound ``(2**input_bits-1) * max_c sum_r |M[r,c]|`` is checked — else float64,
+  exact below 2**53);
+* in ``bit-serial`` mode, the clipping correction, exactly: a chunk whose largest possible column
+  sum ``(2**dac_bits-1) * sum_{i in k} cells[i,j]`` stays ``<= L`` for every column can never
+  clip (static test); for the other chunks, per cycle and input vector the data bound
+  ``sum_i slice_d[i] * max_j cells[i,j] <= L`` proves that no column clips; only where both
+  tests fail are the column sums computed cycle by cycle and the clipped part subtracted.
+
+``ideal`` mode skips the correction (an ideal, infinitely wide ADC). ``exhaustive=True`` runs the
+literal model above — every crossbar, cycle and chunk as one batched matmul per DAC slice over
+stacked ``[X, rows_active, Cx]`` cells — and is used to cross-check the fast path bit for bit.
+Conversion counts are exact in every mode; clip counts are exact in ``bit-serial`` and
+``exhaustive`` (``ideal`` reports 0 clipped by definition).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from xbc.errors import BundleError, XbcError
+from xbc.layer import LayerSpec, rebuild_matrix, to_matrix
+
+MODES = ("auto", "bit-serial", "ideal")
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+_BLOCK = 1 << 22   # elements per temporary block (keeps memory at tens of MB per layer)
+
+
+class SimError(XbcError):
+    """The simulator cannot run a bundle or an input (names the layer / input and the fix)."""
+
+
+# ----------------------------------------------------------------------------------------
+# quantization and unfolding
+# ----------------------------------------------------------------------------------------
+
+def quantize_input(x: np.ndarray, x_scale: float, zero_point: int, bits: int) -> np.ndarray:
+    """``clip(round_half_even(x / x_scale) + zero_point, 0, 2**bits - 1)`` as float32 integers.
+
+    Computed in float64 (the division and rounding of :mod:`xbc.qmath`); the result holds exact
+    integers (``bits <= 16``) in float32 so that it feeds BLAS directly.
+    """
+    q = np.rint(np.asarray(x, dtype=np.float64) / float(x_scale)) + int(zero_point)
+    np.clip(q, 0, (1 << int(bits)) - 1, out=q)
+    return q.astype(np.float32)
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A (possibly zero-inserted) direct convolution: what :func:`im2col` needs."""
+
+    kshape: tuple          # kernel spatial shape
+    strides: tuple
+    dilations: tuple
+    pads_begin: tuple      # negative: crop (ConvTranspose with large pads)
+    pads_end: tuple
+    insert: tuple          # zero-insertion stride of the input (ConvTranspose strides), 1 = none
+    out_shape: tuple       # output spatial shape
+
+
+def conv_geometry(kind: str, attrs: dict, wshape: tuple, in_spatial: tuple) -> ConvGeometry:
+    """Geometry of a Conv, or of the direct conv equivalent to a ConvTranspose (ONNX semantics)."""
+    nd = len(wshape) - 2
+    k = tuple(int(v) for v in wshape[2:])
+    ins = tuple(int(v) for v in in_spatial)
+    if len(ins) != nd:
+        raise SimError(f"input has {len(ins)} spatial dims, the kernel {k} has {nd}")
+    s = tuple(int(v) for v in (attrs.get("strides") or [1] * nd))
+    d = tuple(int(v) for v in (attrs.get("dilations") or [1] * nd))
+    auto_pad = _s(attrs.get("auto_pad", "NOTSET")) or "NOTSET"
+    ext = tuple((kk - 1) * dd + 1 for kk, dd in zip(k, d))
+    if kind == "conv":
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = tuple(-(-i // st) for i, st in zip(ins, s))
+            tot = tuple(max(0, (o - 1) * st + e - i) for o, st, e, i in zip(out, s, ext, ins))
+            if auto_pad == "SAME_UPPER":
+                pb = tuple(t // 2 for t in tot)
+            else:
+                pb = tuple(t - t // 2 for t in tot)
+            pe = tuple(t - b for t, b in zip(tot, pb))
+        elif auto_pad == "VALID":
+            pb = pe = (0,) * nd
+        else:
+            pads = [int(v) for v in (attrs.get("pads") or [0] * (2 * nd))]
+            pb, pe = tuple(pads[:nd]), tuple(pads[nd:])
+        out = tuple((i + b + e_ - x) // st + 1 for i, b, e_, x, st in zip(ins, pb, pe, ext, s))
+        return ConvGeometry(k, s, d, pb, pe, (1,) * nd, out)
+    if kind != "conv_transpose":
+        raise ValueError(kind)
+    op = tuple(int(v) for v in (attrs.get("output_padding") or [0] * nd))
+    full = tuple(st * (i - 1) + o + e for st, i, o, e in zip(s, ins, op, ext))
+    out_attr = attrs.get("output_shape")
+    if out_attr is not None and len(out_attr):
+        want = tuple(int(v) for v in list(out_attr)[-nd:])
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        want = tuple(i * st for i, st in zip(ins, s))
+    else:
+        want = None
+    if want is not None:
+        tot = tuple(f - w for f, w in zip(full, want))
+        if auto_pad == "SAME_UPPER":
+            pb = tuple(t // 2 for t in tot)
+            pe = tuple(t - t // 2 for t in tot)
+        else:
+            pb = tuple(t - t // 2 for t in tot)
+            pe = tuple(t // 2 for t in tot)
+    elif auto_pad == "VALID":
+        pb = pe = (0,) * nd
+    else:
+        pads = [int(v) for v in (attrs.get("pads") or [0] * (2 * nd))]
+        pb, pe = tuple(pads[:nd]), tuple(pads[nd:])
+    out = tuple(f - b - e_ for f, b, e_ in zip(full, pb, pe))
+    # direct conv of the zero-inserted input with the flipped kernel, stride 1
+    cb = tuple((kk - 1) * dd - b for kk, dd, b in zip(k, d, pb))
+    ce = tuple((kk - 1) * dd - e_ + o for kk, dd, e_, o in zip(k, d, pe, op))
+    return ConvGeometry(k, (1,) * nd, d, cb, ce, s, out)
+
+
+def im2col(x: np.ndarray, geom: ConvGeometry, groups: int, pad_value: float) -> np.ndarray:
+    """``[N, Cin, S...]`` -> patches ``[G, N*prod(out), Cin/G*prod(k)]`` (rows in order ci, k...).
+
+    Zero insertion (``geom.insert``), padding and the inserted positions take ``pad_value``.
+    """
+    N, Cin = x.shape[:2]
+    nd = len(geom.kshape)
+    if any(st > 1 for st in geom.insert):
+        zshape = tuple((n - 1) * st + 1 for n, st in zip(x.shape[2:], geom.insert))
+        z = np.full((N, Cin) + zshape, pad_value, dtype=x.dtype)
+        z[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in geom.insert)] = x
+        x = z
+    crop = tuple(slice(max(0, -b), n - max(0, -e)) for b, e, n in zip(geom.pads_begin, geom.pads_end, x.shape[2:]))
+    x = x[(slice(None), slice(None)) + crop]
+    padw = [(0, 0), (0, 0)] + [(max(0, b), max(0, e)) for b, e in zip(geom.pads_begin, geom.pads_end)]
+    if any(p != (0, 0) for p in padw):
+        x = np.pad(x, padw, mode="constant", constant_values=pad_value)
+    ext = tuple((k - 1) * d + 1 for k, d in zip(geom.kshape, geom.dilations))
+    axes = tuple(range(2, 2 + nd))
+    win = sliding_window_view(x, ext, axis=axes)  # [N, C, O'..., E...]
+    sl = (slice(None), slice(None)) + tuple(slice(None, o * st, st) if o > 0 else slice(0, 0)
+                                            for o, st in zip(geom.out_shape, geom.strides)) \
+        + tuple(slice(None, None, d) for d in geom.dilations)
+    win = win[sl]
+    if tuple(win.shape[2:2 + nd]) != tuple(geom.out_shape):
+        raise SimError(f"convolution geometry error: windows {win.shape[2:2 + nd]} != output {geom.out_shape}")
+    G = groups
+    win = win.reshape((N, G, Cin // G) + win.shape[2:])
+    # [N, G, Cg, O..., K...] -> [G, N, O..., Cg, K...]
+    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+    P = N * int(np.prod(geom.out_shape, dtype=np.int64))
+    return np.ascontiguousarray(win.transpose(perm)).reshape(G, P, -1)
+
+
+# ----------------------------------------------------------------------------------------
+# the kernel
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class LayerRun:
+    """Result of one crossbar layer on one input tensor."""
+
+    y: np.ndarray                       # float output, ONNX layout
+    conversions: int = 0
+    clipped: int = 0
+    acc: np.ndarray | None = None       # int64 accumulator, output layout (record=True)
+    xq: np.ndarray | None = None        # quantized input tensor (float32 integers; record=True)
+
+
+@dataclass
+class KernelInfo:
+    """Static facts about a layer's crossbars under the simulated ADC."""
+
+    adc_bits: int
+    crossbars: int
+    conversions_per_vector: int
+    columns: int                        # used physical columns
+    columns_may_clip: int               # used columns whose largest possible chunk sum > 2**adc-1
+    chunks_may_clip: int
+    matmul_dtype: str
+    extra: dict = field(default_factory=dict)
+
+
+class CrossbarKernel:
+    """Runs one :class:`~xbc.layer.LayerSpec` (see the module docstring for the model).
+
+    ``mode``: ``"bit-serial"`` (exact ADC model) / ``"auto"`` (the same results; the correction
+    is simply skipped for layers that cannot clip) / ``"ideal"`` (ideal ADC).
+    ``adc_bits`` overrides ``spec.adc_bits``; ``exhaustive`` runs every cycle and chunk literally.
+    """
+
+    def __init__(self, spec: LayerSpec, *, mode: str = "auto", adc_bits: int | None = None,
+                 exhaustive: bool = False):
+        if mode not in MODES:
+            raise SimError(f"unknown simulation mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.spec = spec
+        self.mode = mode
+        self.exhaustive = exhaustive
+        sp = spec
+        p = sp.program
+        G, R, C = sp.groups, sp.rows, sp.cols
+        self.G, self.R, self.C = G, R, C
+        self.adc_bits = int(adc_bits if adc_bits is not None else sp.adc_bits)
+        if not 1 <= self.adc_bits <= 32:
+            raise SimError(f"layer {sp.id}: ADC bits {self.adc_bits} out of range 1..32")
+        if not 1 <= sp.input_bits <= 16:
+            raise SimError(f"layer {sp.id}: input_bits {sp.input_bits} out of range 1..16")
+        self.L = (1 << self.adc_bits) - 1
+        self.dac = int(sp.dac_bits)
+        self.dmax = (1 << self.dac) - 1
+        self.n_d = math.ceil(sp.input_bits / self.dac)
+        self.qmax = (1 << sp.input_bits) - 1
+
+        # --- the matrix the cells store (ideal ADC), and the exact matmul dtype ---------
+        M = rebuild_matrix(p, G, R, C)                        # int64 [G, R, C], offset included
+        bound = self.qmax * int(np.abs(M).sum(axis=1).max(initial=0))
+        if bound < F32_EXACT:
+            self.dtype = np.float32
+        elif bound < F64_EXACT:
+            self.dtype = np.float64
+        else:
+            raise SimError(f"layer {sp.id}: integer sums up to {bound} exceed 2**53; not simulable exactly")
+        self.M = M.astype(self.dtype)
+        self.M_int = M
+        self.depthwise = C == 1
+        wm = to_matrix(sp.kind, np.asarray(sp.w_int, dtype=np.int64), G, sp.attrs)
+        self.colsum = wm.sum(axis=1).reshape(-1).astype(np.float64)   # [Cout]
+        self.out_scale = float(sp.x_scale) * np.asarray(sp.w_scale, np.float64).reshape(-1)
+        self.bias = None if sp.bias is None else np.asarray(sp.bias, np.float64).reshape(-1)
+        self.offset = int(p.offset)
+
+        # --- crossbars in chunks of rows_active physical rows --------------------------
+        X, Rx, Cx = p.cells.shape
+        ra = max(1, min(int(sp.rows_active), Rx)) if Rx else 1
+        K = -(-Rx // ra) if Rx else 0
+        Rp = K * ra
+        cells = np.zeros((X, Rp, Cx), np.uint8)
+        cells[:, :Rx] = p.cells
+        rg = np.full((X, Rp), -1, np.int64)
+        ri = np.full((X, Rp), -1, np.int64)
+        rg[:, :Rx], ri[:, :Rx] = p.row_group, p.row_index
+        used_row = rg >= 0
+        used_col = np.asarray(p.col_sign) != 0
+        self.X, self.Rx, self.Cx, self.ra, self.K = X, Rx, Cx, ra, K
+        chunk_used = used_row.reshape(X, K, ra).any(-1)                      # [X, K]
+        self.conv_per_vector = int(self.n_d * (chunk_used.sum(1) * used_col.sum(1)).sum())
+        chunk_max = cells.reshape(X, K, ra, Cx).sum(2, dtype=np.int64) * self.dmax  # [X, K, Cx]
+        may = (chunk_max > self.L) & used_col[:, None, :] & chunk_used[..., None]
+        self.may_clip = may
+        fx, fk = np.nonzero(may.any(-1))
+        self.info = KernelInfo(adc_bits=self.adc_bits, crossbars=X, conversions_per_vector=self.conv_per_vector,
+                               columns=int(used_col.sum()), columns_may_clip=int(may.any(1).sum()),
+                               chunks_may_clip=len(fx), matmul_dtype=np.dtype(self.dtype).name)
+        # splice: physical column -> flat output column and weight col_sign * 2**col_shift
+        tgt = np.where(used_col, np.asarray(p.col_group, np.int64) * C + np.asarray(p.col_index, np.int64), 0)
+        wsp = np.where(used_col, np.asarray(p.col_sign, np.float64) * np.exp2(np.asarray(p.col_shift, np.float64)), 0.0)
+        self.tgt, self.wsp = tgt, wsp                                        # [X, Cx]
+        gidx = np.where(used_row, rg, 0)
+        ridx = np.where(used_row, ri, 0)
+        self.gidx, self.ridx, self.used_row, self.used_col = gidx, ridx, used_row, used_col
+        self.cells = cells
+        # flagged chunks (may clip): gather indices, bound weights, cells
+        if len(fx):
+            rows = fk[:, None] * ra + np.arange(ra)[None, :]                 # [F, ra]
+            cf = cells[fx[:, None], rows]                                    # [F, ra, Cx]
+            self.f_g = gidx[fx[:, None], rows]
+            self.f_r = ridx[fx[:, None], rows]
+            self.f_used = used_row[fx[:, None], rows]
+            self.f_rowmax = np.where(may[fx, fk][:, None, :], cf, 0).max(-1).astype(np.float32)  # [F, ra]
+            self.f_cellsT = np.ascontiguousarray(cf.transpose(0, 2, 1)).astype(np.float32)     # [F, Cx, ra]
+            self.f_tgt = tgt[fx]
+            self.f_wsp = wsp[fx]
+            self.f_colmask = used_col[fx]
+        self.F = len(fx)
+
+    # ---- shapes -----------------------------------------------------------------------
+    def _patches(self, xq: np.ndarray, zp: float):
+        """Quantized input tensor -> (patches [G, P, R], finisher mapping [P, Cout] to the output)."""
+        sp = self.spec
+        kind = sp.kind
+        if kind in ("conv", "conv_transpose"):
+            if xq.ndim != len(sp.weight_shape):
+                raise SimError(f"layer {sp.id} ({kind}): input rank {xq.ndim} does not match weight rank "
+                               f"{len(sp.weight_shape)}")
+            cin = sp.weight_shape[1] * sp.groups if kind == "conv" else sp.weight_shape[0]
+            if xq.shape[1] != cin:
+                raise SimError(f"layer {sp.id}: input has {xq.shape[1]} channels, the weights expect {cin}")
+            geom = conv_geometry(kind, sp.attrs, tuple(sp.weight_shape), xq.shape[2:])
+            if any(o <= 0 for o in geom.out_shape):
+                raise SimError(f"layer {sp.id}: output spatial shape {geom.out_shape} is empty")
+            patches = im2col(xq, geom, sp.groups, zp)
+            N = xq.shape[0]
+            out = geom.out_shape
+            nd = len(out)
+
+            def finish(a):  # [P, Cout] -> [N, Cout, O...]
+                return np.moveaxis(a.reshape((N,) + out + (a.shape[-1],)), -1, 1) if nd else a
+            return patches, finish
+        K = self.R
+        if xq.shape[-1] != K:
+            raise SimError(f"layer {sp.id} ({kind}): input's last dimension is {xq.shape[-1]}, expected {K}")
+        if kind == "gemm" and xq.ndim != 2:
+            raise SimError(f"layer {sp.id}: Gemm input must be 2-D, got shape {xq.shape}")
+        lead = xq.shape[:-1]
+        patches = np.ascontiguousarray(xq.reshape(1, -1, K))
+
+        def finish(a):
+            return a.reshape(lead + (a.shape[-1],))
+        return patches, finish
+
+    # ---- run --------------------------------------------------------------------------
+    def run(self, x: np.ndarray, *, record: bool = False, out_dtype=np.float32) -> LayerRun:
+        sp = self.spec
+        xq = quantize_input(x, sp.x_scale, sp.x_zero_point, sp.input_bits)
+        patches, finish = self._patches(xq, float(sp.x_zero_point))
+        P = patches.shape[1]
+        if self.exhaustive:
+            acc, clipped = self._exhaustive(patches)
+        else:
+            acc = self._ideal(patches)
+            clipped = 0
+            if self.mode != "ideal" and self.F:
+                acc, clipped = self._correct(patches, acc)
+        acc = np.asarray(acc, dtype=np.float64) if acc.dtype != np.float64 else acc
+        y = (acc - float(sp.x_zero_point) * self.colsum) * self.out_scale
+        if self.bias is not None:
+            y += self.bias
+        run = LayerRun(y=finish(y).astype(out_dtype, copy=False), conversions=self.conv_per_vector * P,
+                       clipped=int(clipped))
+        if record:
+            run.acc = finish(np.rint(acc).astype(np.int64))
+            run.xq = xq
+        return run
+
+    def _ideal(self, patches: np.ndarray) -> np.ndarray:
+        """``xq @ M`` per group -> [P, G*C] (exact integers in float)."""
+        G, C = self.G, self.C
+        pt = patches.astype(self.dtype, copy=False)
+        if self.depthwise:
+            acc = np.einsum("gpr,gr->pg", pt, self.M[:, :, 0], optimize=False)
+            return acc
+        if G == 1:
+            return pt[0] @ self.M[0]
+        acc = np.matmul(pt, self.M)                     # [G, P, C]
+        return acc.transpose(1, 0, 2).reshape(-1, G * C)
+
+    def _correct(self, patches: np.ndarray, acc: np.ndarray):
+        """Subtract the clipped part ``sum 2**(d*dac) * w * max(s - L, 0)`` where conversions clip."""
+        P = patches.shape[1]
+        GC = self.G * self.C
+        L = float(self.L)
+        corr = np.zeros(P * GC, np.float64)
+        clipped = 0
+        F, ra, Cx = self.F, self.ra, self.Cx
+        fb = max(1, _BLOCK // max(1, ra * P))
+        for f0 in range(0, F, fb):
+            f1 = min(F, f0 + fb)
+            xin = patches[self.f_g[f0:f1], :, self.f_r[f0:f1]]           # [f, ra, P]
+            xin = np.where(self.f_used[f0:f1, :, None], xin, 0).astype(np.int32)
+            rowmax = self.f_rowmax[f0:f1, None, :]                       # [f, 1, ra]
+            cT = self.f_cellsT[f0:f1]
+            for d in range(self.n_d):
+                sl = ((xin >> (d * self.dac)) & self.dmax).astype(np.float32)
+                bound = np.matmul(rowmax, sl)[:, 0, :]                   # [f, P]
+                hit = bound > L
+                if not hit.any():
+                    continue
+                w = float(1 << (d * self.dac))
+                if hit.mean() > 0.125:                                   # dense: all positions
+                    bs = max(1, _BLOCK // max(1, Cx * P))
+                    for g0 in range(0, f1 - f0, bs):
+                        g1 = min(f1 - f0, g0 + bs)
+                        s = np.matmul(cT[g0:g1], sl[g0:g1])              # [b, Cx, P]
+                        ex = np.maximum(s - L, 0.0)
+                        ex *= self.f_colmask[f0 + g0:f0 + g1, :, None]
+                        clipped += int(np.count_nonzero(ex))
+                        idx = np.arange(P)[None, None, :] * GC + self.f_tgt[f0 + g0:f0 + g1, :, None]
+                        val = ex * (w * self.f_wsp[f0 + g0:f0 + g1, :, None])
+                        corr += np.bincount(idx.ravel(), weights=val.ravel(), minlength=P * GC)
+                else:
+                    fi, pi = np.nonzero(hit)
+                    starts = np.flatnonzero(np.r_[True, fi[1:] != fi[:-1]])
+                    ends = np.r_[starts[1:], len(fi)]
+                    idxs, vals = [], []
+                    for a, b in zip(starts, ends):
+                        f = fi[a]
+                        pp = pi[a:b]
+                        s = cT[f] @ sl[f][:, pp]                         # [Cx, n]
+                        ex = np.maximum(s - L, 0.0) * self.f_colmask[f0 + f][:, None]
+                        nz = ex > 0
+                        if not nz.any():
+                            continue
+                        jj, kk = np.nonzero(nz)
+                        clipped += len(jj)
+                        idxs.append(pp[kk] * GC + self.f_tgt[f0 + f][jj])
+                        vals.append(ex[jj, kk] * w * self.f_wsp[f0 + f][jj])
+                    if idxs:
+                        corr += np.bincount(np.concatenate(idxs), weights=np.concatenate(vals), minlength=P * GC)
+        return acc.astype(np.float64) - corr.reshape(P, GC), clipped
+
+    def _exhaustive(self, patches: np.ndarray):
+        """The literal model: every crossbar, DAC cycle and row chunk; ADC per conversion."""
+        P = patches.shape[1]
+        G, R, C = self.G, self.R, self.C
+        GC = G * C
+        X, K, ra, Cx = self.X, self.K, self.ra, self.Cx
+        L = float(self.L)
+        acc = np.zeros(P * GC, np.float64)
+        clipped = 0
+        if X:
+            xb = max(1, _BLOCK // max(1, K * max(ra, Cx) * P))
+            cells = self.cells.astype(np.float32)
+            for x0 in range(0, X, xb):
+                x1 = min(X, x0 + xb)
+                n = x1 - x0
+                xin = patches[self.gidx[x0:x1], :, self.ridx[x0:x1]]            # [n, Rp, P]
+                xin = np.where(self.used_row[x0:x1, :, None], xin, 0).astype(np.int32)
+                cT = np.ascontiguousarray(cells[x0:x1].reshape(n, K, ra, Cx).transpose(0, 1, 3, 2))
+                t = np.zeros((n, Cx, P), np.float64)
+                for d in range(self.n_d):
+                    sl = ((xin >> (d * self.dac)) & self.dmax).astype(np.float32).reshape(n, K, ra, P)
+                    s = np.matmul(cT, sl)                                        # [n, K, Cx, P]
+                    over = (s > L) & self.used_col[x0:x1, None, :, None]
+                    clipped += int(np.count_nonzero(over))
+                    np.minimum(s, L, out=s)
+                    t += float(1 << (d * self.dac)) * s.sum(1, dtype=np.float64)
+                t *= self.wsp[x0:x1, :, None]
+                idx = np.arange(P)[None, None, :] * GC + self.tgt[x0:x1, :, None]
+                acc += np.bincount(idx.ravel(), weights=t.ravel(), minlength=P * GC)
+        acc = acc.reshape(P, GC)
+        if self.offset:
+            xsum = patches.astype(np.float64).sum(-1)                              # [G, P]
+            acc -= self.offset * np.repeat(xsum.T, C, axis=1)
+        return acc, clipped
+
+
+def check_spec(spec: LayerSpec) -> None:
+    """Raise :class:`~xbc.errors.BundleError` if a layer's arrays do not fit together."""
+    p = spec.program
+    if p.cells.ndim != 3:
+        raise BundleError(f"layer {spec.id}: cells must be [X, Rx, Cx], got shape {p.cells.shape}")
+    X, Rx, Cx = p.cells.shape
+    for name, shape in (("row_group", (X, Rx)), ("row_index", (X, Rx)), ("col_group", (X, Cx)),
+                        ("col_index", (X, Cx)), ("col_shift", (X, Cx)), ("col_sign", (X, Cx))):
+        a = getattr(p, name)
+        if tuple(a.shape) != shape:
+            raise BundleError(f"layer {spec.id}: program.{name} has shape {tuple(a.shape)}, expected {shape}")
+    used_r = p.row_group >= 0
+    if np.any(p.row_group[used_r] >= spec.groups) or np.any(p.row_index[used_r] >= spec.rows) \
+            or np.any(p.row_index[used_r] < 0):
+        raise BundleError(f"layer {spec.id}: a row index is outside the {spec.groups}x{spec.rows} matrix")
+    used_c = p.col_sign != 0
+    if np.any(p.col_group[used_c] >= spec.groups) or np.any(p.col_group[used_c] < 0) \
+            or np.any(p.col_index[used_c] >= spec.cols) or np.any(p.col_index[used_c] < 0):
+        raise BundleError(f"layer {spec.id}: a column index is outside the {spec.groups}x{spec.cols} matrix")
+    if np.any(p.cells >= (1 << spec.cell_bits)):
+        raise BundleError(f"layer {spec.id}: a cell holds more than cell_bits={spec.cell_bits} bits")

@@ -1,0 +1,416 @@
+"""Crossbar counting and packing of column rectangles into physical crossbars.
+
+Dense count
+-----------
+:func:`dense_crossbars` is the crossbar count of the dense (no sparsity) mapping that slice-bits
+builds: a group's matrix has ``rows`` rows and ``L = cols * planes * signs`` logical columns
+(one per output column, digit plane and sign). If one group fits a crossbar (``rows <= Rx`` and
+``L <= Cx``, typical of depthwise and grouped convolutions) ``k = min(Rx // rows, Cx // L)``
+groups share a crossbar block-diagonally and the count is ``ceil(G / k)``; otherwise every group
+is tiled into ``ceil(rows / Rx)`` row blocks times ``ceil(L / Cx)`` column chunks:
+``G * ceil(rows / Rx) * ceil(L / Cx)``. :func:`isaac_crossbars` is that count on the ``isaac``
+target (16-bit offset-encoded weights in 2-bit cells: 8 planes, 1 sign), the reference every
+reduction ratio is measured against.
+
+Packing problem
+---------------
+An *item* ``i`` is a rectangle of ``r_i`` rows x ``c_i`` columns (a squeezed column segment).
+A physical crossbar (bin) has ``Rx`` rows and ``Cx`` columns. Items in one bin sit
+block-diagonally (disjoint physical rows and disjoint physical columns), so a bin holds a set
+of pieces with ``sum r <= Rx`` and ``sum c <= Cx``. An item's columns may be split over several
+bins; each piece needs the item's rows again (conservatively all ``r_i``; squeeze recomputes
+the rows a piece really needs afterwards, which can only shrink it). This is two-dimensional
+vector bin packing with splittable items; :func:`pack` minimizes the number of bins.
+
+Lower bound (always reported, :func:`lower_bound`), the maximum of:
+
+* columns: ``ceil(sum c_i / Cx)`` (physical columns are never shared);
+* rows (Martello-Toth L2 on the row dimension): item ``i`` needs at least ``m_i = ceil(c_i/Cx)``
+  distinct bins, each with ``r_i`` rows; L2 of the multiset of ``m_i`` copies of ``r_i`` against
+  capacity ``Rx`` (this contains the area-type bound ``ceil(sum m_i r_i / Rx)``);
+* conflicts: for a threshold ``t <= Rx/2``, items with ``r > Rx - t`` (set A) can share a bin
+  with no item with ``r >= t`` (set B, A included), nor with each other, hence
+  ``sum_{A} ceil(c_i/Cx) + ceil(sum_{B \\ A} c_i / Cx)`` bins at least.
+
+Exact reductions: an item that cannot share a bin with any other item (``r_i + min_{j!=i} r_j >
+Rx``) takes exactly ``ceil(c_i/Cx)`` bins of its own (full-width pieces plus the rest); this is
+optimal for it and removes it from the search.
+
+Heuristic (always run, deterministic in ``seed``): greedy over several item orders (rows
+descending, columns descending, area descending, and seeded random perturbations of the rows
+order), each in two modes: with splitting into the free columns of open bins, and with
+splitting only into fresh bins. An item is put whole into the best-fitting open bin (smallest
+normalized leftover of rows and columns); otherwise (split mode) a piece fills the open bin
+with the most free columns and enough free rows; otherwise a new bin opens. A repair step
+then tries to empty each bin (least-filled first) by moving its pieces into the other bins,
+first where the item already is (no extra rows), whole or split. The best result is kept; it
+stops as soon as a result meets the lower bound.
+
+Exact model (OR-Tools CP-SAT, when the heuristic is above the bound and at most ``exact_limit``
+shareable items remain): bins ``b < B`` with ``B = heuristic - 1``; integer ``x[i,b]`` in
+``[0, min(c_i, Cx)]`` columns of item ``i`` in bin ``b``; booleans ``y[i,b]`` (item present,
+``y <= x <= min(c_i,Cx) * y``) and ``u[b]`` (bin used, ``y[i,b] <= u[b]``); ``sum_b x[i,b] = c_i``,
+``sum_b y[i,b] >= ceil(c_i/Cx)``; per bin ``sum_i x[i,b] <= Cx u[b]`` (columns) and
+``sum_i r_i y[i,b] <= Rx u[b]`` (row usage); symmetry breaking ``u[b] >= u[b+1]`` and the first
+item (most rows) in bin 0; ``sum_b u[b] >=`` the lower bound; minimize ``sum_b u[b]``. INFEASIBLE
+proves the heuristic optimal; OPTIMAL gives a better packing. Determinism: a fixed
+``random_seed`` and ``num_workers`` (``interleave_search`` when ``workers > 1``) and
+``max_deterministic_time = time_limit``; a result is used only when proven (OPTIMAL or
+INFEASIBLE), otherwise the deterministic heuristic result is kept (status FEASIBLE).
+
+Placements use the format of :func:`xbc.layer.assemble_program`: ``placements[b]`` lists
+``(item, row0, col0, c_from, c_to)``; pieces are stacked block-diagonally in the bin in the
+order they were placed, and each item's pieces take consecutive column ranges in bin order.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .layer import n_planes
+
+Placement = list[list[tuple[int, int, int, int, int]]]
+
+
+# ----------------------------------------------------------------------------------------
+# counting
+# ----------------------------------------------------------------------------------------
+
+def signs_of(target) -> int:
+    """Column sets per digit plane: 2 (positive/negative) for split encoding, 1 for offset."""
+    return 2 if target.weight_encoding == "split" else 1
+
+
+def dense_crossbars(groups: int, rows: int, cols: int, target, planes: int, signs: int,
+                    share_groups: bool = True) -> int:
+    """Crossbars of the dense mapping (see module docstring); a pure function of its arguments."""
+    Rx, Cx = target.rows, target.cols
+    L = cols * planes * signs
+    if share_groups and rows <= Rx and L <= Cx:
+        k = min(Rx // rows, Cx // L)
+        return -(-groups // k)
+    return groups * (-(-rows // Rx)) * (-(-L // Cx))
+
+
+@functools.lru_cache(maxsize=None)
+def _isaac():
+    from . import targets
+    return targets.load("isaac")
+
+
+def isaac_crossbars(layer) -> int:
+    """Crossbars the dense ``isaac`` target needs for this layer (matrix shape only)."""
+    t = _isaac()
+    P = n_planes(t.weight_bits, t.cell_bits, t.weight_encoding)
+    return dense_crossbars(layer.groups, layer.rows, layer.cols, t, P, signs_of(t))
+
+
+# ----------------------------------------------------------------------------------------
+# lower bound
+# ----------------------------------------------------------------------------------------
+
+def _l2(sizes: np.ndarray, cap: int) -> int:
+    """Martello-Toth L2 bound for 1-D bin packing of ``sizes`` into bins of ``cap``."""
+    if sizes.size == 0:
+        return 0
+    s = np.sort(sizes.astype(np.int64))
+    best = int(-(-int(s.sum()) // cap))
+    ks = np.unique(np.concatenate(([0], s[s <= cap // 2])))
+    for k in ks.tolist():
+        j1 = s > cap - k
+        j2 = (s <= cap - k) & (2 * s > cap)
+        j3 = (2 * s <= cap) & (s >= k)
+        free2 = int(j2.sum()) * cap - int(s[j2].sum())
+        extra = max(0, -(-(int(s[j3].sum()) - free2) // cap))
+        best = max(best, int(j1.sum()) + int(j2.sum()) + extra)
+    return best
+
+
+def lower_bound(items: Sequence[tuple[int, int]], Rx: int, Cx: int) -> int:
+    """A lower bound on the bins :func:`pack` needs (see module docstring)."""
+    if len(items) == 0:
+        return 0
+    a = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+    r, c = a[:, 0], a[:, 1]
+    m = -(-c // Cx)
+    lb = int(-(-int(c.sum()) // Cx))
+    lb = max(lb, _l2(np.repeat(r, m), Rx))
+    # for a fixed set A the smallest t is best, so only t = Rx - r + 1 (r > Rx/2) matter
+    for t in np.unique(Rx - r[2 * r > Rx] + 1).tolist():
+        if t > Rx // 2:
+            continue
+        A = r > Rx - t
+        B = (r >= t) & ~A
+        lb = max(lb, int(m[A].sum()) + int(-(-int(c[B].sum()) // Cx)))
+    return lb
+
+
+# ----------------------------------------------------------------------------------------
+# heuristic
+# ----------------------------------------------------------------------------------------
+
+class _Bins:
+    """Open bins: free rows / columns (numpy) and contents (item -> columns, in order)."""
+
+    def __init__(self, Rx: int, Cx: int):
+        self.Rx, self.Cx = Rx, Cx
+        self.fr = np.zeros(0, np.int64)
+        self.fc = np.zeros(0, np.int64)
+        self.content: list[dict[int, int]] = []
+
+    def copy(self) -> "_Bins":
+        b = _Bins(self.Rx, self.Cx)
+        b.fr, b.fc = self.fr.copy(), self.fc.copy()
+        b.content = [dict(d) for d in self.content]
+        return b
+
+    def open(self) -> int:
+        self.fr = np.append(self.fr, self.Rx)
+        self.fc = np.append(self.fc, self.Cx)
+        self.content.append({})
+        return len(self.content) - 1
+
+    def put(self, b: int, item: int, r: int, n: int) -> None:
+        d = self.content[b]
+        if item not in d:
+            self.fr[b] -= r
+            d[item] = 0
+        d[item] += n
+        self.fc[b] -= n
+
+    def remove(self, b: int) -> None:
+        self.fr = np.delete(self.fr, b)
+        self.fc = np.delete(self.fc, b)
+        del self.content[b]
+
+    def place(self, item: int, r: int, n: int, split: bool, exclude: int = -1,
+              allow_open: bool = True) -> bool:
+        """Place ``n`` columns of ``item``; False if impossible without opening (allow_open=False)."""
+        rem = n
+        # bins already holding the item take more columns without more rows
+        has = np.fromiter((item in d for d in self.content), bool, len(self.content))
+        while rem > 0:
+            nb = len(self.content)
+            if nb:
+                if len(has) < nb:
+                    has = np.concatenate((has, np.zeros(nb - len(has), bool)))
+                need = np.where(has, 0, r)
+                ok = (self.fr >= need) & (self.fc > 0)
+                if exclude >= 0:
+                    ok[exclude] = False
+                own = ok & has
+                if own.any():
+                    b = int(np.flatnonzero(own)[np.argmax(self.fc[own])])
+                    k = min(rem, int(self.fc[b]))
+                    self.put(b, item, r, k)
+                    rem -= k
+                    continue
+                whole = ok & (self.fc >= rem)
+                if whole.any():
+                    idx = np.flatnonzero(whole)
+                    slack = (self.fc[idx] - rem) / self.Cx + (self.fr[idx] - r) / self.Rx
+                    b = int(idx[np.argmin(slack)])
+                    self.put(b, item, r, rem)
+                    has[b] = True
+                    rem = 0
+                    continue
+                if split and ok.any():
+                    idx = np.flatnonzero(ok)
+                    b = int(idx[np.lexsort((self.fr[idx], -self.fc[idx]))[0]])
+                    k = int(self.fc[b])
+                    self.put(b, item, r, k)
+                    has[b] = True
+                    rem -= k
+                    continue
+            if not allow_open:
+                return False
+            b = self.open()
+            k = min(rem, self.Cx)
+            self.put(b, item, r, k)
+            has = np.concatenate((has, [True]))
+            rem -= k
+        return True
+
+
+def _greedy(order, items, Rx, Cx, split: bool) -> _Bins:
+    bins = _Bins(Rx, Cx)
+    for i in order:
+        r, c = items[i]
+        bins.place(i, r, c, split)
+    return bins
+
+
+def _repair(bins: _Bins, items, lb: int) -> _Bins:
+    """Try to empty bins (least filled first) by moving their pieces elsewhere."""
+    improved = True
+    while improved and len(bins.content) > lb:
+        improved = False
+        used = bins.Cx - bins.fc
+        for b in np.argsort(used, kind="stable").tolist():
+            trial = bins.copy()
+            ok = True
+            for item, n in bins.content[b].items():
+                if not trial.place(item, items[item][0], n, True, exclude=b, allow_open=False):
+                    ok = False
+                    break
+            if ok:
+                trial.remove(b)
+                bins = trial
+                improved = True
+                break
+    return bins
+
+
+def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
+    a = np.asarray([items[i] for i in idx], dtype=np.int64).reshape(-1, 2)
+    r, c = a[:, 0], a[:, 1]
+    ids = np.asarray(idx)
+    orders = [
+        ids[np.lexsort((-c, -r))],
+        ids[np.lexsort((-r, -c))],
+        ids[np.lexsort((-r, -r * c))],
+        ids[np.lexsort((c, -r))],
+    ]
+    rng = np.random.default_rng(seed)
+    n_random = 4 if len(idx) <= 2000 else 1
+    for _ in range(n_random):
+        noise = rng.uniform(0.0, 0.25 * Rx, size=len(idx))
+        orders.append(ids[np.argsort(-(r + noise), kind="stable")])
+    best = None
+    for order in orders:
+        for split in (True, False):
+            bins = _greedy(order.tolist(), items, Rx, Cx, split)
+            if len(bins.content) > lb:
+                bins = _repair(bins, items, lb)
+            if best is None or len(bins.content) < len(best.content):
+                best = bins
+            if len(best.content) <= lb:
+                return best
+    return best
+
+
+# ----------------------------------------------------------------------------------------
+# exact
+# ----------------------------------------------------------------------------------------
+
+def _exact(idx: list[int], items, Rx, Cx, B: int, lb: int, time_limit: float, seed: int,
+           workers: int):
+    """CP-SAT with at most ``B`` bins. Returns (status, bins) with bins a list of {item: cols}."""
+    from ortools.sat.python import cp_model
+
+    m = cp_model.CpModel()
+    order = sorted(idx, key=lambda i: (-items[i][0], -items[i][1], i))
+    x, y = {}, {}
+    u = [m.NewBoolVar(f"u{b}") for b in range(B)]
+    for i in order:
+        r, c = items[i]
+        cap = min(c, Cx)
+        for b in range(B):
+            x[i, b] = m.NewIntVar(0, cap, f"x{i}_{b}")
+            y[i, b] = m.NewBoolVar(f"y{i}_{b}")
+            m.Add(x[i, b] <= cap * y[i, b])
+            m.Add(x[i, b] >= y[i, b])
+            m.AddImplication(y[i, b], u[b])
+        m.Add(sum(x[i, b] for b in range(B)) == c)
+        m.Add(sum(y[i, b] for b in range(B)) >= -(-c // Cx))
+    for b in range(B):
+        m.Add(sum(x[i, b] for i in order) <= Cx * u[b])
+        m.Add(sum(items[i][0] * y[i, b] for i in order) <= Rx * u[b])
+        if b + 1 < B:
+            m.Add(u[b] >= u[b + 1])
+    m.Add(y[order[0], 0] == 1)
+    m.Add(sum(u) >= lb)
+    m.Minimize(sum(u))
+    s = cp_model.CpSolver()
+    s.parameters.random_seed = int(seed)
+    s.parameters.num_workers = max(1, int(workers))
+    if workers > 1:
+        s.parameters.interleave_search = True
+    s.parameters.max_deterministic_time = float(time_limit)
+    s.parameters.max_time_in_seconds = float(time_limit) * 4 + 1.0
+    st = s.Solve(m)
+    name = s.StatusName(st)
+    if st == cp_model.OPTIMAL:
+        bins = []
+        for b in range(B):
+            if not s.Value(u[b]):
+                continue
+            d = {i: int(s.Value(x[i, b])) for i in order if s.Value(x[i, b]) > 0}
+            bins.append(d)
+        return name, bins
+    return name, None
+
+
+# ----------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------
+
+def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int = 24,
+         time_limit: float = 5.0, seed: int = 0, workers: int = 1
+         ) -> tuple[Placement, int, str, str]:
+    """Pack ``items`` = [(rows, cols)] into Rx x Cx bins (see module docstring).
+
+    Returns ``(placements, lower_bound, method, status)``: ``method`` is ``"heuristic"`` or
+    ``"cp-sat"``, ``status`` is ``"OPTIMAL"`` (count equals the bound, or CP-SAT proved it) or
+    ``"FEASIBLE"``. When optimality is proven the reported bound equals the count.
+    """
+    items = [(int(r), int(c)) for r, c in items]
+    for k, (r, c) in enumerate(items):
+        if not (1 <= r <= Rx) or c < 1:
+            raise ValueError(f"item {k} has shape {r}x{c}; rows must be in 1..{Rx}, columns >= 1")
+    lb = lower_bound(items, Rx, Cx)
+    if not items:
+        return [], 0, "heuristic", "OPTIMAL"
+    rows = np.asarray([r for r, _ in items], dtype=np.int64)
+    # items that can share a bin with no other item take ceil(c/Cx) bins of their own
+    if len(items) > 1:
+        srt = np.sort(rows)
+        min_other = np.where(rows == srt[0], srt[1], srt[0])
+    else:
+        min_other = np.full(1, Rx + 1)
+    alone = rows + min_other > Rx
+    bins_alone: list[dict[int, int]] = []
+    for i in np.flatnonzero(alone).tolist():
+        c = items[i][1]
+        for a in range(0, c, Cx):
+            bins_alone.append({i: min(Cx, c - a)})
+    rest = np.flatnonzero(~alone).tolist()
+    method, status = "heuristic", "FEASIBLE"
+    rest_bins: list[dict[int, int]] = []
+    if rest:
+        rest_items = [items[i] for i in rest]
+        lb_rest = lower_bound(rest_items, Rx, Cx)
+        h = _heuristic(rest, items, Rx, Cx, lb_rest, seed)
+        rest_bins = h.content
+        if len(rest_bins) <= lb_rest:
+            status = "OPTIMAL"
+        elif len(rest) <= exact_limit and time_limit > 0:
+            name, sol = _exact(rest, items, Rx, Cx, len(rest_bins) - 1, lb_rest, time_limit, seed, workers)
+            if name == "INFEASIBLE":
+                status = "OPTIMAL"
+            elif sol is not None:
+                rest_bins, method, status = sol, "cp-sat", "OPTIMAL"
+    else:
+        status = "OPTIMAL"
+    all_bins = bins_alone + rest_bins
+    if status == "OPTIMAL":
+        lb = max(lb, len(all_bins))
+    # column ranges: each item's pieces take consecutive ranges in bin order
+    nxt = [0] * len(items)
+    placements: Placement = []
+    for d in all_bins:
+        row0 = col0 = 0
+        plc = []
+        for i, n in d.items():
+            a = nxt[i]
+            plc.append((i, row0, col0, a, a + n))
+            nxt[i] = a + n
+            row0 += items[i][0]
+            col0 += n
+        placements.append(plc)
+    assert all(nxt[i] == items[i][1] for i in range(len(items)))
+    return placements, lb, method, status
