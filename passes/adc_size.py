@@ -43,8 +43,8 @@ def column_max_sum(cells: np.ndarray, rows_active: int, dac_bits: int) -> np.nda
     pad = n_chunks * rows_active - Rx
     if pad:
         cells = np.concatenate((cells, np.zeros((X, pad, Cx), cells.dtype)), axis=1)
-    sums = np.add.reduce(cells.reshape(X, n_chunks, rows_active, Cx), axis=2, dtype=np.int64)
-    return sums.max(axis=1) * ((1 << dac_bits) - 1) if n_chunks else np.zeros((X, Cx), np.int64)
+    sums = np.add.reduce(cells.reshape(X, n_chunks, rows_active, Cx), axis=2, dtype=np.int32)
+    return sums.max(axis=1, initial=0).astype(np.int64) * ((1 << dac_bits) - 1)
 
 
 @register

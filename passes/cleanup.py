@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 
 from xbc.errors import ModelError
 from xbc.ir import Graph, Node, Value, _graph_attrs, elem_type_of, implicit_reads
@@ -180,7 +179,7 @@ def _prequant_through(node: Node, opsets: dict, meta: dict, arrays: list) -> dic
             res = _evaluate(node, opsets, [arr] + arrays[1:]) if node.op_type != "Cast" else [arr]
         except Exception:
             return None
-        out[key] = np.asarray(res[0], order="C")
+        out[key] = np.asarray(res[0])
     return out
 
 
@@ -260,25 +259,31 @@ def fold_constants(graph: Graph, *, fold_limit: int = 10_000_000) -> int:
     return len(dead)
 
 
+def _detach(graph: Graph, node: Node, keep: Value | None = None) -> None:
+    """Unlink a node whose outputs nobody reads (``keep`` has been handed to another producer)."""
+    for i in range(len(node.inputs)):
+        node.set_input(i, None)
+    for o in node.outputs:
+        if o is not keep:
+            graph.values.pop(o.name, None)
+            o.producer = None
+    node.graph = None
+
+
 def _bypass(graph: Graph, node: Node, src: Value, out: Value, sub: dict, outs: set) -> bool:
-    """Remove a pass-through node (out == src); keep names graph outputs and subgraphs rely on."""
+    """Remove a pass-through node (out == src), keeping the names that graph outputs and
+    subgraphs rely on. The caller drops the detached node from ``graph.nodes``."""
     if out.name in sub:
         return False
+    if any(o.uses or id(o) in outs for o in node.outputs if o is not out):
+        return False
     if id(out) in outs:
-        # the graph output keeps its name: rename src's producer output to it
+        # the graph output keeps its name: src's producer now writes it directly
         if src.producer is None or id(src) in outs or src.name in sub or src in graph.inputs:
             return False
         prod = src.producer
         k = prod.outputs.index(src)
-        node.set_input(0, None)
-        for i in range(1, len(node.inputs)):
-            node.set_input(i, None)
-        graph.nodes.remove(node)
-        node.graph = None
-        for o in node.outputs:
-            if o is not out:
-                graph.values.pop(o.name, None)
-                o.producer = None
+        _detach(graph, node, keep=out)
         graph.replace_all_uses(src, out)
         prod.outputs[k] = out
         out.producer = prod
@@ -288,24 +293,21 @@ def _bypass(graph: Graph, node: Node, src: Value, out: Value, sub: dict, outs: s
         src.producer = None
         return True
     graph.replace_all_uses(out, src)
+    _detach(graph, node)
     return True
 
 
 def remove_identities(graph: Graph) -> int:
     sub = implicit_reads(graph)
     outs = set(map(id, graph.outputs))
-    removed = 0
+    dead: set[int] = set()
     for node in list(graph.nodes):
-        if node.domain != "" or node.layer is not None or node.graph is not graph:
+        if node.domain != "" or node.layer is not None or not node.inputs or node.inputs[0] is None:
             continue
-        if node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
+        if node.op_type == "Identity":
             if node.outputs[0].meta.get("onnx_type") is not None:
                 continue
-            if _bypass(graph, node, node.inputs[0], node.outputs[0], sub, outs):
-                if node.graph is graph:
-                    graph.remove_node(node)
-                removed += 1
-        elif node.op_type == "Dropout" and node.inputs and node.inputs[0] is not None:
+        elif node.op_type == "Dropout":
             tm = node.inputs[2] if len(node.inputs) > 2 else None
             if tm is not None and (tm.const is None or bool(np.asarray(tm.const).reshape(-1)[0])):
                 continue  # training mode (or unknown): dropout is random, keep it
@@ -316,11 +318,9 @@ def remove_identities(graph: Graph) -> int:
                         continue
                     ones = graph.add_const(mask.name + "_ones", np.ones(node.inputs[0].shape, bool))
                     graph.replace_all_uses(mask, ones)
-            if _bypass(graph, node, node.inputs[0], node.outputs[0], sub, outs):
-                if node.graph is graph:
-                    for o in node.outputs[1:]:
-                        if o.uses:
-                            break
-                    graph.remove_node(node)
-                removed += 1
-    return removed
+        else:
+            continue
+        if _bypass(graph, node, node.inputs[0], node.outputs[0], sub, outs):
+            dead.add(id(node))
+    _drop_nodes(graph, dead)
+    return len(dead)

@@ -1,1 +1,646 @@
-"""(placeholder: being written)"""
+"""orchestrate-bits: choose each weight's signed-digit form and, within an explicit error budget,
+clear nearly empty column segments (SME step 1, "bit-sparse pattern orchestration").
+
+Digits
+    ``layer.digits`` is int8 ``[P, G, R, C]`` in the matrix view (:func:`xbc.layer.to_matrix`):
+    ``w = sum_p D[p] * B**p``, ``B = 2**cell_bits``, ``|D[p]| <= B - 1``,
+    ``P = n_planes(weight_bits, cell_bits, encoding, signed_digit=True)``. With the ``split``
+    encoding a positive digit of plane ``p`` is a cell of the positive column set of that plane,
+    a negative digit one of the negative set.
+
+Column segment
+    ``(plane p, sign s, group g, row block b, column c)``: the cells of one physical column over
+    ``segment-rows`` consecutive matrix rows (default ``target.rows``, one crossbar row block), in
+    the layer's row order (``layer.row_perm`` when set, see ``pre-reorder``). A segment with no
+    non-zero digit needs no crossbar column: squeeze drops it. The 2P segments of one ``(g, b, c)``
+    form a *unit*; a weight's digits only touch the segments of its own unit.
+
+Steps, per layer (numpy-vectorized over the whole layer; loops run over rounds and batches):
+
+1. **Recoding (lossless).** Canonical signed digits: the non-adjacent form (NAF) for
+   ``cell_bits = 1`` (fewest non-zero digits, no two adjacent), the fewest-non-zero-digit radix
+   ``2**cell_bits`` signed-digit form for wider cells (2-state Viterbi over the carry), or
+   sign-magnitude when ``target.signed_digits`` is false. Because NAF can touch one more plane
+   than binary (``7 = 8 - 1``), each unit keeps whichever of NAF and sign-magnitude leaves fewer
+   non-empty segments (ties: NAF, fewer digits). Every weight keeps its value.
+2. **max-digits k (lossy, optional).** Each weight becomes the value closest to its float target
+   ``t = w_float / w_scale`` (in integer units, within ``+-(2**(b-1)-1)``) that has at most ``k``
+   non-zero digits in the minimal form — exactly what "keep the k most significant digits and
+   round the rest" approximates. This is a user choice and is applied regardless of the budget;
+   its error counts against it.
+3. **Segment clearing (lossy, within the budget).** Clearing segment ``(p, s)`` of a unit
+   removes the plane-``p`` digit of every weight in it and re-quantizes each weight's residual
+   into the planes below ``p``: digits above ``p`` stay, and the lower digits become the value
+   closest to the target ``t - (digits above p)`` that the unit's *currently non-empty* lower
+   segments can represent (an exhaustive table per allowed (plane, sign) set, fewest digits;
+   the result stays within ``+-(2**(b-1)-1)``), so no empty segment is refilled. The cost of a
+   move is the increase of the layer's squared weight error against the float weights
+   (``sum_o w_scale[o]^2 * sum_r (t - w')^2``, in float units). Moves are taken greedily,
+   cheapest first (moves of zero cost, i.e. lossless re-representations, first), at most one
+   per unit per round with costs recomputed for the units that changed, under increasing cost
+   thresholds, while the budget lasts.
+
+Error budget (``error-budget``, default 0.25)
+    ``E_q = sum w_scale^2 (t - w_int_initial)^2`` is the layer's quantization noise power (after
+    quantize). The pass keeps ``E = sum w_scale^2 (t - w_int)^2 <= (1 + error_budget) * E_q``:
+    0.25 allows the weight noise power to grow by 25 % (the SQNR to drop by at most
+    ``10 log10(1.25) = 0.97 dB``); ``0`` allows only lossless changes. For a pre-quantized layer
+    whose float weights are exactly ``w_scale * w_int`` (``E_q = 0``) the nominal rounding noise
+    ``sum w_scale^2 / 12`` is used instead. The measured ``E / E_q - 1`` is reported per layer.
+
+``quant.w_int`` is updated to the new values (``quant.w_int_initial`` keeps quantize's).
+Weights that a previous lossy pass zeroed (``w_int == 0 != w_int_initial``, e.g. cim-sparsity)
+stay zero. Statistics per layer (``layer.stats["orchestrate"]``) and in total: non-zero digits
+per weight (sign-magnitude binary, recoded, final), non-empty / empty column segments (for
+sign-magnitude planes as slice-bits would cut them without this pass, after recoding, final),
+weight SQNR before and after, and the error increase.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+import numpy as np
+
+from xbc import qmath
+from xbc.errors import OptionError
+from xbc.ir import Graph
+from xbc.layer import digits_value, from_matrix, n_planes, sign_magnitude_digits, to_matrix
+from xbc.passmanager import Pass, PassContext, PassResult, register
+
+
+# ========================================================================================
+# signed-digit arithmetic (shared with reorder and cim-sparsity)
+# ========================================================================================
+
+def naf_digits(w: np.ndarray, planes: int) -> np.ndarray:
+    """Non-adjacent form of integers ``w`` (any shape) -> int8 ``[planes, *w.shape]``."""
+    w = np.asarray(w, np.int64)
+    n = np.abs(w)
+    h = n >> 1
+    t = n + h
+    c = h ^ t
+    pos = t & c
+    neg = h & c
+    if np.any((pos | neg) >> planes):
+        raise ValueError(f"values need more than {planes} signed binary digits")
+    sign = np.sign(w).astype(np.int8)
+    d = np.empty((planes,) + w.shape, np.int8)
+    for p in range(planes):
+        d[p] = (((pos >> p) & 1) - ((neg >> p) & 1)).astype(np.int8) * sign
+    return d
+
+
+def min_weight_digits(w: np.ndarray, cell_bits: int, planes: int,
+                      allow_pos: np.ndarray | None = None, allow_neg: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Fewest-non-zero signed digits in base ``2**cell_bits`` -> (int8 ``[planes, N]``, ok ``[N]``).
+
+    ``w`` is flattened to ``[N]``. ``allow_pos`` / ``allow_neg`` (bool ``[planes, N]``) restrict
+    which planes may hold a positive / negative digit; ``ok`` is False where no representation
+    exists (its digits are then 0).
+    """
+    B = 1 << cell_bits
+    v = np.asarray(w, np.int64).reshape(-1)
+    N = v.size
+    INF = np.iinfo(np.int32).max // 4
+    # state k in {0, 1}: remaining value at plane p is floor(v / B**p) + k
+    cost = np.stack([np.zeros(N, np.int64), np.full(N, INF, np.int64)])
+    back = np.zeros((planes, 2, N), np.int8)     # previous state
+    dig = np.zeros((planes, 2, N), np.int8)      # digit chosen to reach state
+    for p in range(planes):
+        base = np.floor_divide(v, B ** p)
+        new = np.full((2, N), INF, np.int64)
+        for k in (0, 1):
+            r = base + k
+            u = np.mod(r, B)
+            # choice A: d = u (no carry); choice B: d = u - B (carry), only if u > 0
+            for d, carry in ((u, (r - u) // B - np.floor_divide(v, B ** (p + 1))),
+                             (u - B, (r - u + B) // B - np.floor_divide(v, B ** (p + 1)))):
+                valid = (carry >= 0) & (carry <= 1)
+                if d is not u:
+                    valid &= u > 0
+                if allow_pos is not None:
+                    valid &= ~((d > 0) & ~allow_pos[p])
+                if allow_neg is not None:
+                    valid &= ~((d < 0) & ~allow_neg[p])
+                c_new = cost[k] + (d != 0)
+                for kk in (0, 1):
+                    sel = valid & (carry == kk) & (c_new < new[kk])
+                    new[kk] = np.where(sel, c_new, new[kk])
+                    back[p, kk] = np.where(sel, k, back[p, kk])
+                    dig[p, kk] = np.where(sel, d, dig[p, kk])
+        cost = new
+    # the remaining value after the last plane must be 0: floor(v / B**P) + k == 0
+    top = np.floor_divide(v, B ** planes)
+    end_state = np.where(top == 0, 0, np.where(top == -1, 1, -1))
+    ok = (end_state >= 0)
+    ok &= np.where(end_state == 1, cost[1], cost[0]) < INF
+    out = np.zeros((planes, N), np.int8)
+    k = np.where(ok, end_state, 0).astype(np.int64)
+    idx = np.arange(N)
+    for p in range(planes - 1, -1, -1):
+        out[p] = np.where(ok, dig[p, k, idx], 0)
+        k = back[p, k, idx].astype(np.int64)
+    return out, ok
+
+
+def recode(w: np.ndarray, cell_bits: int, planes: int, signed: bool) -> np.ndarray:
+    """Digits ``[planes, *w.shape]`` of integers ``w``: NAF (cell_bits 1) / minimal-weight signed
+    digits when ``signed``, else sign-magnitude."""
+    w = np.asarray(w)
+    if not signed:
+        return sign_magnitude_digits(w.reshape((1, 1, -1)), cell_bits, planes).reshape((planes,) + w.shape)
+    if cell_bits == 1:
+        return naf_digits(w, planes)
+    d, ok = min_weight_digits(w, cell_bits, planes)
+    if not ok.all():
+        raise ValueError(f"values need more than {planes} signed digits of {cell_bits} bits")
+    return d.reshape((planes,) + w.shape)
+
+
+def digit_count_table(qmax: int, cell_bits: int, planes: int, signed: bool) -> np.ndarray:
+    """Non-zero digit count of every integer in ``[-qmax, qmax]`` (index ``v + qmax``)."""
+    vals = np.arange(-qmax, qmax + 1, dtype=np.int64)
+    return np.count_nonzero(recode(vals, cell_bits, planes, signed), axis=0)
+
+
+@lru_cache(maxsize=4096)
+def representable_table(cell_bits: int, p: int, mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values representable by planes ``0..p-1`` whose allowed (plane, sign) pairs are the set bits
+    of ``mask`` (bit ``2q``: positive digits on plane ``q``, bit ``2q+1``: negative).
+
+    Returns (sorted int64 values, int8 digits ``[n, p]`` with the fewest non-zero digits, counts).
+    """
+    B = 1 << cell_bits
+    vals = np.zeros(1, np.int64)
+    digs = np.zeros((1, 0), np.int8)
+    cnt = np.zeros(1, np.int64)
+    for q in range(p):
+        opts = [0]
+        if mask >> (2 * q) & 1:
+            opts += list(range(1, B))
+        if mask >> (2 * q + 1) & 1:
+            opts += list(range(-(B - 1), 0))
+        opts = np.array(opts, np.int64)
+        nv = (vals[:, None] + opts[None, :] * (B ** q)).reshape(-1)
+        nc = (cnt[:, None] + (opts != 0)[None, :]).reshape(-1)
+        nd = np.concatenate([np.repeat(digs, len(opts), axis=0),
+                             np.tile(opts.astype(np.int8), len(vals))[:, None]], axis=1)
+        order = np.lexsort((np.abs(nd).sum(axis=1), nc, nv))
+        nv, nc, nd = nv[order], nc[order], nd[order]
+        first = np.ones(len(nv), bool)
+        first[1:] = nv[1:] != nv[:-1]
+        vals, cnt, digs = nv[first], nc[first], nd[first]
+    for a in (vals, digs, cnt):
+        a.setflags(write=False)
+    return vals, digs, cnt
+
+
+@lru_cache(maxsize=4096)
+def limited_table(cell_bits: int, p: int, mask: int, limit: int):
+    """:func:`representable_table` restricted to values with at most ``limit`` non-zero digits."""
+    vals, digs, cnt = representable_table(cell_bits, p, mask)
+    if limit >= p:
+        return vals, digs, cnt
+    keep = cnt <= limit
+    out = (vals[keep], digs[keep], cnt[keep])
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def check_digits(digits: np.ndarray, cell_bits: int) -> np.ndarray:
+    """Integer values of ``digits`` (int64), asserting ``|D| < 2**cell_bits``."""
+    if np.any(np.abs(digits.astype(np.int64)) >= (1 << cell_bits)):
+        raise ValueError("a digit exceeds the cell range")
+    return digits_value(digits, cell_bits)
+
+
+def closest_with_max_digits(t: np.ndarray, k: int, qmax: int, cell_bits: int, planes: int,
+                            signed: bool) -> np.ndarray:
+    """The integer in ``[-qmax, qmax]`` closest to each ``t`` whose minimal form has at most
+    ``k`` non-zero digits (ties: fewer digits, then the smaller value)."""
+    counts = digit_count_table(qmax, cell_bits, planes, signed)
+    vals = np.arange(-qmax, qmax + 1, dtype=np.int64)
+    ok = counts <= k
+    vals, cnt = vals[ok], counts[ok]
+    x = np.clip(np.asarray(t, np.float64), -qmax, qmax)
+    j = np.clip(np.searchsorted(vals, x), 1, len(vals) - 1)
+    left, right = vals[j - 1], vals[j]
+    dl, dr = np.abs(x - left), np.abs(right - x)
+    take_right = (dr < dl) | ((dr == dl) & (cnt[j] < cnt[j - 1]))
+    return np.where(take_right, right, left).astype(np.int64)
+
+
+# ========================================================================================
+# segments
+# ========================================================================================
+
+def _units_layout(M: np.ndarray, perm: np.ndarray, S: int, fill=0) -> np.ndarray:
+    """``[G, R, C, ...]`` (rows in original order) -> ``[G, nb, C, S, ...]`` in ``perm`` order,
+    rows padded with ``fill`` to ``nb * S``."""
+    G, R, C = M.shape[:3]
+    nb = -(-R // S)
+    rest = M.shape[3:]
+    out = np.full((G, nb * S, C) + rest, fill, dtype=M.dtype)
+    out[:, :R] = M[np.arange(G)[:, None], np.asarray(perm, np.intp)]
+    return np.ascontiguousarray(out.reshape((G, nb, S, C) + rest).swapaxes(2, 3))
+
+
+def _from_units(U: np.ndarray, perm: np.ndarray, R: int) -> np.ndarray:
+    """Inverse of :func:`_units_layout`."""
+    G, nb, C, S = U.shape[:4]
+    rest = U.shape[4:]
+    Mp = U.swapaxes(2, 3).reshape((G, nb * S, C) + rest)[:, :R]
+    out = np.empty_like(Mp)
+    out[np.arange(G)[:, None], np.asarray(perm, np.intp)] = Mp
+    return out
+
+
+def segment_counts(Du: np.ndarray) -> np.ndarray:
+    """Digits in unit layout ``[G, nb, C, S, P]`` -> non-zero counts ``[G, nb, C, P, 2]``
+    (sign 0: positive digits, 1: negative digits)."""
+    return np.stack([(Du > 0).sum(axis=3), (Du < 0).sum(axis=3)], axis=-1).astype(np.int32)
+
+
+def count_nonempty_segments(digits: np.ndarray, S: int, perm: np.ndarray | None = None) -> int:
+    """Non-empty column segments of matrix-view digits ``[P, G, R, C]`` (rows in ``perm`` order)."""
+    P, G, R, C = digits.shape
+    perm = np.tile(np.arange(R, dtype=np.int64), (G, 1)) if perm is None else perm
+    Du = _units_layout(np.moveaxis(digits, 0, -1), perm, S)
+    return int(np.count_nonzero(segment_counts(Du)))
+
+
+# ========================================================================================
+# the greedy segment clearing
+# ========================================================================================
+
+class _Clearer:
+    """State of one layer during segment clearing (unit layout, see :func:`_units_layout`)."""
+
+    BATCH = 4096  # candidates evaluated at once (bounds the temporary memory)
+
+    def __init__(self, Du, Vu, Tu, s2u, cell_bits, qmax, max_digits=None, signed=True):
+        self.signed = signed
+        self.Du, self.Vu, self.Tu, self.s2u = Du, Vu, Tu, s2u   # s2u: [G, 1, C, 1] scale^2
+        self.max_digits = max_digits
+        self.cb = cell_bits
+        self.B = 1 << cell_bits
+        self.P = Du.shape[-1]
+        self.qmax = qmax
+        self.pow = (self.B ** np.arange(self.P, dtype=np.int64))
+        qs = np.arange(self.P)
+        self.wup = (self.pow[None, :] * (qs[None, :] > qs[:, None])).astype(np.int32)   # [p, q]: B^q if q > p
+        self.s2flat = s2u.reshape(-1)
+
+    def evaluate(self, g, b, c, p, s, N=None):
+        """Cost of clearing each candidate segment, plus the per-entry result of the move.
+
+        Returns (cost [K] (inf if impossible), entry k [E], entry row [E], new digits [E, P],
+        new values [E])."""
+        K = len(g)
+        P, B = self.P, self.B
+        G, nb, C, S, _ = self.Du.shape
+        dp = self.Du[g, b, c, :, p]                # [K, S]
+        match = np.where(s[:, None] == 0, dp > 0, dp < 0)
+        ek, ei = np.nonzero(match)
+        unit = (g.astype(np.int64) * nb + b) * C + c
+        rows = unit[ek] * S + ei
+        dv = self.Du.reshape(-1, P)[rows]                      # [E, P] int8
+        pe = p[ek]
+        qs = np.arange(P)
+        dvi = dv.astype(np.int32)
+        H = np.einsum("ep,ep->e", dvi, self.wup[pe]).astype(np.int64)
+        t = self.Tu.reshape(-1)[rows]
+        v = self.Vu.reshape(-1)[rows]
+        s2 = self.s2flat[g[ek].astype(np.int64) * C + c[ek]]
+        # allowed lower pairs per candidate: currently non-empty segments below p
+        if N is None:
+            Dk = self.Du[g, b, c]
+            Nk = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)   # [K, P, 2]
+        else:
+            Nk = N[g, b, c]
+        bits = (Nk > 0).astype(np.int64) << (2 * qs[None, :, None] + np.array([0, 1])[None, None, :])
+        bits = bits * (qs[None, :, None] < p[:, None, None])
+        if not self.signed:  # sign-magnitude: a weight's digits all have the weight's sign
+            bits = bits * (np.array([0, 1])[None, None, :] == s[:, None, None])
+        mask = bits.sum(axis=(1, 2))
+        key = (p.astype(np.int64) << (2 * P)) + mask
+        if self.max_digits is None:
+            ekey = key[ek] << 5 | 31
+        else:  # digits left for the planes below p (max-digits stays true after a move)
+            above = np.count_nonzero(dvi * (qs[None, :] > pe[:, None]), axis=1)
+            ekey = key[ek] << 5 | np.maximum(self.max_digits - above, 0).astype(np.int64)
+        uk, inv = np.unique(ekey, return_inverse=True)
+        # all tables of this batch in one sorted array: value + j * SPAN for table j
+        SPAN = float(4 * B ** P + 4 * self.qmax + 8)
+        tabs = [limited_table(self.cb, int(k >> 5) >> (2 * P), int(k >> 5) & ((1 << (2 * P)) - 1), int(k & 31))
+                for k in uk]
+        sizes = np.array([len(tb[0]) for tb in tabs], np.int64)
+        tid = np.repeat(np.arange(len(tabs)), sizes)
+        allv = np.concatenate([tb[0] for tb in tabs]).astype(np.float64)
+        allc = np.concatenate([tb[2] for tb in tabs])
+        alld = np.zeros((len(allv), P), np.int8)
+        o = 0
+        for tb in tabs:
+            n, w = tb[1].shape
+            alld[o:o + n, :w] = tb[1]
+            o += n
+        key_v = allv + tid * SPAN
+        x = np.clip(t, -self.qmax, self.qmax) - H
+        lo, hi = -self.qmax - H, self.qmax - H
+        j = np.searchsorted(key_v, x + inv * SPAN)
+        jl = np.clip(j - 1, 0, len(allv) - 1)
+        jr = np.clip(j, 0, len(allv) - 1)
+        vl, vr = allv[jl], allv[jr]
+        okl = (tid[jl] == inv) & (vl <= x) & (vl >= lo)
+        okr = (tid[jr] == inv) & (vr >= x) & (vr <= hi)
+        dl = np.where(okl, np.abs(x - vl), np.inf)
+        dr = np.where(okr, np.abs(vr - x), np.inf)
+        take_r = (dr < dl) | ((dr == dl) & (allc[jr] < allc[jl]))
+        jj = np.where(take_r, jr, jl)
+        feasible = np.isfinite(np.minimum(dl, dr))
+        newv = np.where(feasible, H + allv[jj].astype(np.int64), v)
+        newd = np.where(qs[None, :] < pe[:, None], alld[jj], np.where(qs[None, :] > pe[:, None], dv, 0))
+        newd = np.where(feasible[:, None], newd, dv).astype(np.int8)
+        ecost = s2 * ((t - newv) ** 2 - (t - v) ** 2)
+        cost = np.bincount(ek, weights=ecost, minlength=K)
+        bad = np.bincount(ek, weights=(~feasible).astype(np.float64), minlength=K) > 0
+        cost[bad] = np.inf
+        return cost, ek, ei, newd, newv
+
+    def apply(self, g, b, c, p, s, N=None):
+        cost, ek, ei, newd, newv = self.evaluate(g, b, c, p, s, N)
+        self.Du[g[ek], b[ek], c[ek], ei] = newd
+        self.Vu[g[ek], b[ek], c[ek], ei] = newv
+        return cost
+
+    def run(self, allowed_total: float, E_cur: float, max_seg: int, max_rounds: int, seg_limit=None):
+        """Greedy clearing; returns (E_final, moves, rounds)."""
+        Du = self.Du
+        G, nb, C, S, P = Du.shape
+        N = segment_counts(Du)                                  # [G, nb, C, P, 2]
+        cost = np.full(N.shape, np.nan)
+        blocked = np.zeros(N.shape, bool)
+        dirty = np.ones((G, nb, C), bool)
+        tau = 0.0
+        moves = rounds = 0
+        tiny = 1e-12 * max(allowed_total, 1e-300)
+        while rounds < max_rounds:
+            cand = (N > 0) & (N <= max_seg) & ~blocked
+            todo = cand & dirty[..., None, None]
+            gi, bi, ci, pi, si = np.nonzero(todo)
+            for a in range(0, len(gi), self.BATCH):
+                sl = slice(a, a + self.BATCH)
+                cst = self.evaluate(gi[sl], bi[sl], ci[sl], pi[sl], si[sl], N)[0]
+                cost[gi[sl], bi[sl], ci[sl], pi[sl], si[sl]] = cst
+            dirty[:] = False
+            remaining = allowed_total - E_cur
+            cand_cost = np.where(cand, cost, np.nan)
+            too_much = cand & ~(cand_cost <= max(remaining, 0.0) + tiny)
+            blocked |= too_much
+            cand &= ~too_much
+            if not cand.any():
+                break
+            # best candidate per unit
+            flat = np.where(cand, cost, np.inf).reshape(G, nb, C, 2 * P)
+            best = flat.argmin(axis=-1)
+            bcost = np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
+            ug, ub, uc = np.nonzero(np.isfinite(bcost))
+            if len(ug) == 0:
+                break
+            uc_cost = bcost[ug, ub, uc]
+            elig = uc_cost <= tau + tiny
+            if not elig.any():
+                tau = max(2.0 * tau, 2.0 * float(uc_cost.min()))
+                continue
+            ug, ub, uc, uc_cost = ug[elig], ub[elig], uc[elig], uc_cost[elig]
+            up, us = np.divmod(best[ug, ub, uc], 2)
+            order = np.lexsort((ub, ug, uc, uc_cost))
+            cum = np.cumsum(np.maximum(uc_cost[order], 0.0))
+            take = order[cum <= max(remaining, 0.0) + tiny]
+            if len(take) == 0:
+                blocked[ug[order[0]], ub[order[0]], uc[order[0]], up[order[0]], us[order[0]]] = True
+                continue
+            ug, ub, uc, up, us = ug[take], ub[take], uc[take], up[take], us[take]
+            realized = self.apply(ug, ub, uc, up, us, N)
+            E_cur += float(realized.sum())
+            moves += len(take)
+            rounds += 1
+            # refresh the changed units
+            Dk = Du[ug, ub, uc]
+            N[ug, ub, uc] = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)
+            cost[ug, ub, uc] = np.nan
+            blocked[ug, ub, uc] = False
+            dirty[ug, ub, uc] = True
+        return E_cur, moves, rounds
+
+
+def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: np.ndarray, *,
+                       cell_bits: int, planes: int, signed: bool, qmax: int, segment_rows: int,
+                       perm: np.ndarray | None, max_digits: int | None, budget: float,
+                       E_q: float, max_segment_digits: int, max_rounds: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Steps 1-3 of the module docstring on one layer matrix.
+
+    ``V`` int ``[G, R, C]`` current weights, ``T`` float targets (integer units), ``scale``
+    ``[G, C]`` weight scales, ``frozen`` bool ``[G, R, C]`` weights that must stay 0.
+    Returns (digits ``[P, G, R, C]`` int8, values ``[G, R, C]`` int64, info).
+    """
+    G, R, C = V.shape
+    S = segment_rows
+    P = planes
+    perm = np.tile(np.arange(R, dtype=np.int64), (G, 1)) if perm is None else np.asarray(perm, np.int64)
+    V = np.asarray(V, np.int64).copy()
+    s2 = (np.asarray(scale, np.float64) ** 2).reshape(G, 1, C)
+    info: dict = {}
+    n_w = V.size
+
+    # baseline: sign-magnitude as slice-bits cuts it without this pass
+    P_sm = n_planes_sm = n_planes(int(math.log2(qmax + 1)) + 1, cell_bits, "split", signed_digit=False)
+    d_sm_base = sign_magnitude_digits(V, cell_bits, n_planes_sm)
+    info["digits_per_weight_binary"] = float(np.count_nonzero(d_sm_base)) / max(n_w, 1)
+    info["nonempty_segments_sign_magnitude"] = count_nonempty_segments(d_sm_base, S, perm)
+    info["segments_sign_magnitude"] = int(2 * P_sm * G * (-(-R // S)) * C)
+    del d_sm_base
+
+    # step 2: max-digits
+    if max_digits is not None:
+        Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
+        V = np.where(frozen, 0, Vk)
+
+    # step 1: recoding, per unit the better of the signed-digit form and sign-magnitude
+    D = recode(V, cell_bits, P, signed)
+    if signed:
+        D_sm = np.zeros_like(D)
+        D_sm[:n_planes_sm] = sign_magnitude_digits(V, cell_bits, n_planes_sm)
+        Dsd_u = _units_layout(np.moveaxis(D, 0, -1), perm, S)
+        Dsm_u = _units_layout(np.moveaxis(D_sm, 0, -1), perm, S)
+        n_sd = np.count_nonzero(segment_counts(Dsd_u), axis=(-2, -1))
+        n_sm = np.count_nonzero(segment_counts(Dsm_u), axis=(-2, -1))
+        use_sm = n_sm < n_sd
+        if max_digits is not None:  # sign-magnitude may need more digits than max-digits allows
+            use_sm &= np.count_nonzero(Dsm_u, axis=-1).max(axis=-1) <= max_digits
+        Du = np.where(use_sm[..., None, None], Dsm_u, Dsd_u)
+        info["units_sign_magnitude"] = int(use_sm.sum())
+        del Dsd_u, Dsm_u, D_sm
+    else:
+        Du = _units_layout(np.moveaxis(D, 0, -1), perm, S)
+    info["digits_per_weight_recoded"] = float(np.count_nonzero(Du)) / max(n_w, 1)
+    info["nonempty_segments_recoded"] = int(np.count_nonzero(segment_counts(Du)))
+    info["segments"] = int(2 * P * G * Du.shape[1] * C)
+
+    # step 3: clearing
+    Vu = _units_layout(V, perm, S)
+    Tu = _units_layout(np.asarray(T, np.float64), perm, S)
+    E_cur = float(np.sum(s2 * (T - V) ** 2))
+    allowed = (1.0 + budget) * E_q
+    cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed)
+    E_fin, moves, rounds = cl.run(allowed, E_cur, max_segment_digits, max_rounds)
+    D = np.moveaxis(_from_units(cl.Du, perm, R), -1, 0)
+    Vn = _from_units(cl.Vu, perm, R)
+    info["moves"] = int(moves)
+    info["rounds"] = int(rounds)
+    info["digits_per_weight_final"] = float(np.count_nonzero(D)) / max(n_w, 1)
+    info["nonempty_segments_final"] = int(np.count_nonzero(segment_counts(cl.Du)))
+    info["changed_weights"] = int(np.count_nonzero(Vn != V))
+    return np.ascontiguousarray(D), Vn, info
+
+
+# ========================================================================================
+# the pass
+# ========================================================================================
+
+def layer_targets(node) -> tuple[np.ndarray, np.ndarray]:
+    """(float targets ``w / w_scale`` in integer units ``[G, R, C]``, scales ``[G, C]``)."""
+    L = node.layer
+    q = L.quant
+    W = np.asarray(L.weight_value(node).const, np.float64)
+    M = to_matrix(L.kind, W, L.groups, node.attrs)
+    s = np.asarray(q.w_scale, np.float64).reshape(L.groups, L.cols)
+    if L.kind == "gemm":  # quantize folds a Gemm's alpha into w_scale
+        M = M * float(node.attrs.get("alpha", 1.0))
+    return M / s[:, None, :], s
+
+
+def layer_error_power(T: np.ndarray, V: np.ndarray, s: np.ndarray) -> float:
+    """``sum_o s_o^2 sum_r (t - v)^2`` (float units)."""
+    G, R, C = T.shape
+    return float(np.sum((np.asarray(s, np.float64) ** 2).reshape(G, 1, C) * (T - V) ** 2))
+
+
+@register
+@dataclass(frozen=True)
+class OrchestrateBits(Pass):
+    name: ClassVar[str] = "orchestrate-bits"
+    summary: ClassVar[str] = "signed-digit recoding and budgeted clearing of nearly empty column segments (SME)"
+
+    error_budget: float = 0.25            # allowed relative increase of the weight error power
+    max_digits: int | None = None         # at most k non-zero digits per weight (lossy)
+    segment_rows: int | None = None       # none: target.rows
+    max_segment_digits: int | None = None  # only try segments with at most this many digits (none: all)
+    max_rounds: int = 64
+    pre_reorder: bool = True              # define segments in a provisional reorder row order
+    pre_reorder_swaps: int = 4            # swap-refinement rounds of that provisional order
+
+    def __post_init__(self):
+        if not (self.error_budget >= 0.0 and math.isfinite(self.error_budget)):
+            raise OptionError(f"orchestrate-bits: error-budget = {self.error_budget} must be a finite number >= 0")
+        if self.max_digits is not None and self.max_digits < 1:
+            raise OptionError(f"orchestrate-bits: max-digits = {self.max_digits} must be at least 1")
+        if self.segment_rows is not None and self.segment_rows < 1:
+            raise OptionError(f"orchestrate-bits: segment-rows = {self.segment_rows} must be at least 1")
+        if self.max_segment_digits is not None and self.max_segment_digits < 1:
+            raise OptionError(f"orchestrate-bits: max-segment-digits = {self.max_segment_digits} must be at least 1")
+        if self.max_rounds < 0:
+            raise OptionError(f"orchestrate-bits: max-rounds = {self.max_rounds} must be >= 0")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        t = ctx.target
+        if t.weight_encoding != "split":
+            raise OptionError(f"orchestrate-bits needs weight_encoding = 'split' (target {t.name!r} uses "
+                              f"{t.weight_encoding!r}); drop the pass from the pipeline or --set weight_encoding=split")
+        S = self.segment_rows or t.rows
+        per_layer = {}
+        tot = {"weights": 0, "digits_binary": 0.0, "digits_recoded": 0.0, "digits_final": 0.0,
+               "nonempty_segments_sign_magnitude": 0, "nonempty_segments_recoded": 0,
+               "nonempty_segments_final": 0, "segments_sign_magnitude": 0, "segments": 0,
+               "E_q": 0.0, "E_final": 0.0, "signal": 0.0}
+        changed = False
+        for node in ctx.each_layer(graph):
+            L = node.layer
+            q = L.quant
+            if q is None:
+                raise OptionError(f"orchestrate-bits: layer {L.id} is not quantized; run 'quantize' first")
+            wb, cb = q.weight_bits, t.cell_bits
+            P = n_planes(wb, cb, "split", signed_digit=True)
+            qmax = qmath.qmax_weight(wb)
+            T, s = layer_targets(node)
+            V = to_matrix(L.kind, np.asarray(q.w_int, np.int64), L.groups, node.attrs)
+            V0 = to_matrix(L.kind, np.asarray(q.w_int_initial if q.w_int_initial is not None else q.w_int,
+                                              np.int64), L.groups, node.attrs)
+            frozen = (V == 0) & (V0 != 0)
+            E_q = layer_error_power(T, V0, s)
+            if E_q <= 0.0:
+                E_q = float(np.sum((s ** 2)[:, None, :] * np.ones_like(T)) / 12.0)
+            perm = L.row_perm
+            if perm is None and self.pre_reorder:
+                from .reorder import choose_row_perm  # noqa: PLC0415
+                D0 = recode(V, cb, P, t.signed_digits)
+                perm, _ = choose_row_perm(D0, S, swap_rounds=self.pre_reorder_swaps)
+                del D0
+            max_seg = self.max_segment_digits or S
+            D, Vn, info = orchestrate_matrix(V, T, s, frozen, cell_bits=cb, planes=P, signed=t.signed_digits,
+                                             qmax=qmax, segment_rows=S, perm=perm, max_digits=self.max_digits,
+                                             budget=self.error_budget, E_q=E_q, max_segment_digits=max_seg,
+                                             max_rounds=self.max_rounds)
+            assert np.array_equal(digits_value(D, cb), Vn)
+            E_fin = layer_error_power(T, Vn, s)
+            sig = float(np.sum((s ** 2)[:, None, :] * T ** 2))
+            W_int = from_matrix(L.kind, Vn.astype(np.int32), tuple(q.w_int.shape), L.groups, node.attrs)
+            if not np.array_equal(W_int, q.w_int):
+                changed = True
+            q.w_int = np.ascontiguousarray(W_int, dtype=np.int32)
+            if q.w_int_initial is None:
+                q.w_int_initial = np.array(from_matrix(L.kind, V0.astype(np.int32), tuple(q.w_int.shape),
+                                                       L.groups, node.attrs), dtype=np.int32)
+            L.digits = D
+            if perm is not None and L.row_perm is None:
+                L.row_perm = np.ascontiguousarray(perm, dtype=np.int32)
+                changed = True
+            changed = True
+            info.update({"planes": P, "segment_rows": S, "E_q": E_q, "E_final": E_fin,
+                         "error_increase": E_fin / E_q - 1.0,
+                         "w_sqnr_db_before": qmath.sqnr_db(sig, layer_error_power(T, V0, s)),
+                         "w_sqnr_db_after": qmath.sqnr_db(sig, E_fin)})
+            L.stats["orchestrate"] = info
+            L.stats["w_sqnr_db"] = info["w_sqnr_db_after"]
+            per_layer[L.id] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in info.items()}
+            n = V.size
+            tot["weights"] += n
+            tot["digits_binary"] += info["digits_per_weight_binary"] * n
+            tot["digits_recoded"] += info["digits_per_weight_recoded"] * n
+            tot["digits_final"] += info["digits_per_weight_final"] * n
+            for k in ("nonempty_segments_sign_magnitude", "nonempty_segments_recoded", "nonempty_segments_final",
+                      "segments_sign_magnitude", "segments"):
+                tot[k] += info[k]
+            tot["E_q"] += E_q
+            tot["E_final"] += E_fin
+            tot["signal"] += sig
+        n = max(tot["weights"], 1)
+        stats = {"layers": len(per_layer), "error_budget": self.error_budget, "max_digits": self.max_digits,
+                 "digits_per_weight": {"binary": tot["digits_binary"] / n, "recoded": tot["digits_recoded"] / n,
+                                       "final": tot["digits_final"] / n},
+                 "nonempty_segments": {"sign_magnitude": tot["nonempty_segments_sign_magnitude"],
+                                       "recoded": tot["nonempty_segments_recoded"],
+                                       "final": tot["nonempty_segments_final"]},
+                 "empty_segments": {"sign_magnitude": tot["segments_sign_magnitude"] - tot["nonempty_segments_sign_magnitude"],
+                                    "final": tot["segments"] - tot["nonempty_segments_final"]},
+                 "error_increase": (tot["E_final"] / tot["E_q"] - 1.0) if tot["E_q"] > 0 else 0.0,
+                 "w_sqnr_db_before": qmath.sqnr_db(tot["signal"], tot["E_q"]),
+                 "w_sqnr_db_after": qmath.sqnr_db(tot["signal"], tot["E_final"]),
+                 "per_layer": per_layer}
+        return PassResult(changed, stats)

@@ -4,7 +4,7 @@ Digits
     With ``weight_encoding = "split"`` a layer's digits are ``layer.digits`` when a previous pass
     (orchestrate-bits) chose them, checked to satisfy ``digits_value(digits) == to_matrix(w_int)``
     and ``|digit| < 2**cell_bits``; otherwise the sign-magnitude digits of the quantized weights
-    (:func:`xbc.layer.sign_magnitude_digits`, ``P = n_planes(weight_bits, cell_bits, "split")``).
+    (as :func:`xbc.layer.sign_magnitude_digits`, ``P = n_planes(weight_bits, cell_bits, "split")``).
     With ``"offset"`` (ISAAC) the stored value is ``w + 2**(weight_bits-1)`` in ``P =
     ceil(weight_bits/cell_bits)`` non-negative digits and ``program.offset = 2**(weight_bits-1)``;
     ``layer.digits`` (signed) cannot be stored unsigned, so offset encoding always slices ``w_int``.
@@ -27,13 +27,15 @@ Dense program
     Each segment is tiled into ``target.cols``-wide column chunks, one crossbar each. When a
     group's whole matrix fits one crossbar (depthwise and small grouped convolutions),
     ``k = min(Rx // rows, Cx // L)`` groups share a crossbar block-diagonally (option
-    ``share-groups``). The count equals :func:`xbc.packing.dense_crossbars`.
+    ``share-groups``). The count equals :func:`xbc.packing.dense_crossbars`. The program is built
+    by :func:`xbc.packing.build_program`, the vectorized equivalent of
+    :func:`xbc.layer.assemble_program` (same result and checks; tests compare the two).
 
 Stats per layer: ``crossbars_dense`` (sign-magnitude planes: the no-sparsity mapping of this
 target), ``crossbars_dense_layout`` (the program built here, with the digits' planes, which is
 one more plane when signed digits are used), ``crossbars_sliced`` (crossbars of this dense layout
 holding at least one non-zero cell), ``crossbars_isaac`` (:func:`xbc.packing.isaac_crossbars`),
-``planes``, ``signs``, ``nonzero_cells``.
+``planes``, ``signs``, ``segments``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from typing import ClassVar
 import numpy as np
 
 from xbc.errors import PassError, VerifyError
-from xbc.layer import (Segment, assemble_program, n_planes, sign_magnitude_digits, to_matrix)
-from xbc.packing import dense_crossbars, isaac_crossbars, signs_of
+from xbc.layer import Segment, empty_program, n_planes, to_matrix
+from xbc.packing import build_program, dense_crossbars, isaac_crossbars, signs_of
 from xbc.passmanager import Pass, PassResult, register
 
 
@@ -55,20 +57,36 @@ def _check_digits(layer, digits: np.ndarray, w_mat: np.ndarray, cell_bits: int) 
         raise VerifyError(f"layer {layer.id}: digits have shape {digits.shape}, expected [P, {G}, {R}, {C}]")
     if np.any(np.abs(digits.astype(np.int16)) >= (1 << cell_bits)):
         raise VerifyError(f"layer {layer.id}: a digit does not fit a {cell_bits}-bit cell")
-    acc = np.zeros(w_mat.shape, np.int64)
+    acc = np.zeros(w_mat.shape, np.int32)
     for p in range(digits.shape[0]):
-        acc += digits[p].astype(np.int64) << (p * cell_bits)
+        acc += digits[p].astype(np.int32) << (p * cell_bits)
     if not np.array_equal(acc, w_mat):
         bad = int(np.count_nonzero(acc != w_mat))
         raise VerifyError(f"layer {layer.id}: digits do not add up to the quantized weights at {bad} "
                           f"position(s); the pass that set layer.digits must keep them equal")
 
 
-def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
-    """Cells of every logical column: ``[G, R', L]`` uint8 with rows in ``row_perm`` order.
+def _permute(a: np.ndarray, layer, lead: int) -> np.ndarray:
+    """Rows by ``row_perm`` and columns by ``col_perm`` of ``[..., G, R, C]`` (``lead`` axes first)."""
+    pre = (None,) * lead
+    if layer.row_perm is not None:
+        rp = np.asarray(layer.row_perm, dtype=np.intp)
+        a = np.take_along_axis(a, rp[pre + (slice(None), slice(None), None)], axis=lead + 1)
+    if layer.col_perm is not None:
+        cp = np.asarray(layer.col_perm, dtype=np.intp)
+        a = np.take_along_axis(a, cp[pre + (slice(None), None, slice(None))], axis=lead + 2)
+    return a
 
-    Returns ``(cells, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
+
+def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
+    """Cells of every logical column, column-major: ``[G, L, R]`` uint8, rows in ``row_perm`` order.
+
+    Returns ``(cellsT, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
     holds plane ``p``, sign ``+1`` (s=0) or ``-1`` (s=1), output column ``col_perm[g, j]``.
+    Column-major storage makes the column gathers of squeeze contiguous; segments expose it as
+    ``[r, c]`` views (``cellsT[g, :, rows].T``). Digits equal
+    :func:`xbc.layer.sign_magnitude_digits` (computed here per plane in 32-bit integers, several
+    times faster on large layers; a test checks the equality).
     """
     q = layer.quant
     if q is None:
@@ -76,42 +94,44 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
                         f"before 'slice-bits'")
     cb = target.cell_bits
     b = q.weight_bits
-    w_mat = to_matrix(layer.kind, np.asarray(q.w_int), layer.groups, node.attrs).astype(np.int64)
+    mask = (1 << cb) - 1
+    w_mat = to_matrix(layer.kind, np.asarray(q.w_int), layer.groups, node.attrs).astype(np.int32)
     G, R, C = w_mat.shape
     if target.weight_encoding == "split":
+        S, offset = 2, 0
         if layer.digits is not None:
             _check_digits(layer, layer.digits, w_mat, cb)
-            D = np.asarray(layer.digits, dtype=np.int8)
+            D = _permute(np.asarray(layer.digits, dtype=np.int8), layer, 1).transpose(0, 1, 3, 2)
+            P = D.shape[0]
+            cells = np.empty((G, P, S, C, R), np.uint8)
+            for p in range(P):
+                cells[:, p, 0] = np.maximum(D[p], 0)
+                cells[:, p, 1] = np.maximum(-D[p], 0)
         else:
             P = n_planes(b, cb, "split")
-            try:
-                D = sign_magnitude_digits(w_mat, cb, P)
-            except ValueError as e:
-                raise PassError(f"layer {layer.id}: {e} (weights exceed {b}-bit symmetric range)") from None
-        S = 2
-        offset = 0
+            w = np.ascontiguousarray(_permute(w_mat, layer, 0).transpose(0, 2, 1))  # [G, C, R]
+            if np.abs(w).max(initial=0) >> (P * cb):
+                raise PassError(f"layer {layer.id}: weights need more than {P} planes of {cb} bits "
+                                f"(they exceed the {b}-bit symmetric range)")
+            dt = np.uint8 if P * cb <= 8 else np.uint16
+            pos = np.maximum(w, 0).astype(dt)
+            neg = np.maximum(-w, 0).astype(dt)
+            cells = np.empty((G, P, S, C, R), np.uint8)
+            for p in range(P):
+                np.bitwise_and(pos >> (p * cb), mask, out=cells[:, p, 0], casting="unsafe")
+                np.bitwise_and(neg >> (p * cb), mask, out=cells[:, p, 1], casting="unsafe")
     else:
+        S = 1
         P = n_planes(b, cb, "offset")
         offset = 1 << (b - 1)
-        v = w_mat + offset
-        if v.min() < 0 or v.max() >= (1 << (P * cb)):
+        v = np.ascontiguousarray(_permute(w_mat, layer, 0).transpose(0, 2, 1)) + offset
+        if v.min(initial=0) < 0 or v.max(initial=0) >= (1 << (P * cb)):
             raise PassError(f"layer {layer.id}: weights exceed the {b}-bit range of offset encoding")
-        shifts = (np.arange(P, dtype=np.int64) * cb).reshape(-1, 1, 1, 1)
-        D = ((v[None] >> shifts) & ((1 << cb) - 1)).astype(np.int8)
-        S = 1
-    P = D.shape[0]
-    if layer.row_perm is not None:
-        rp = np.asarray(layer.row_perm, dtype=np.int64)
-        D = np.take_along_axis(D, rp[None, :, :, None], axis=2)
-    if layer.col_perm is not None:
-        cp = np.asarray(layer.col_perm, dtype=np.int64)
-        D = np.take_along_axis(D, cp[None, :, None, :], axis=3)
-    if S == 2:
-        planes = np.stack((np.maximum(D, 0), np.maximum(-D.astype(np.int16), 0).astype(np.int8)), axis=1)
-    else:
-        planes = D[:, None]
-    cells = np.ascontiguousarray(planes.transpose(2, 3, 0, 1, 4)).astype(np.uint8).reshape(G, R, P * S * C)
-    return cells, P, S, offset
+        v = v.astype(np.uint8 if P * cb <= 8 else np.uint16)
+        cells = np.empty((G, P, S, C, R), np.uint8)
+        for p in range(P):
+            np.bitwise_and(v >> (p * cb), mask, out=cells[:, p, 0], casting="unsafe")
+    return cells.reshape(G, P * S * C, R), P, S, offset
 
 
 def logical_columns(layer, planes: int, signs: int, cell_bits: int, g: int):
@@ -127,10 +147,14 @@ def logical_columns(layer, planes: int, signs: int, cell_bits: int, g: int):
 
 
 def slice_layer(layer, node, target, share_groups: bool = True):
-    """Segments and dense placements of one layer. Returns (segments, placements, P, S, offset)."""
+    """Segments and dense placements of one layer.
+
+    Returns ``(segments, placements, cellsT, P, S, offset)``; ``placements`` is in the format of
+    :func:`xbc.layer.assemble_program`.
+    """
     Rx, Cx = target.rows, target.cols
-    cells, P, S, offset = layer_cells(layer, node, target)
-    G, R, L = cells.shape
+    cellsT, P, S, offset = layer_cells(layer, node, target)
+    G, L, R = cellsT.shape
     rp = (np.asarray(layer.row_perm, dtype=np.int32) if layer.row_perm is not None
           else np.broadcast_to(np.arange(R, dtype=np.int32), (G, R)))
     segments: list[Segment] = []
@@ -138,7 +162,7 @@ def slice_layer(layer, node, target, share_groups: bool = True):
         ci, cs, sg = logical_columns(layer, P, S, target.cell_bits, g)
         for r0 in range(0, R, Rx):
             segments.append(Segment(group=g, rows=np.ascontiguousarray(rp[g, r0:r0 + Rx]), col_index=ci,
-                                    col_shift=cs, col_sign=sg, cells=cells[g, r0:r0 + Rx]))
+                                    col_shift=cs, col_sign=sg, cells=cellsT[g, :, r0:r0 + Rx].T))
     placements: list[list[tuple[int, int, int, int, int]]] = []
     if share_groups and R <= Rx and L <= Cx:
         k = min(Rx // R, Cx // L)
@@ -148,7 +172,53 @@ def slice_layer(layer, node, target, share_groups: bool = True):
         for s in range(len(segments)):
             for a in range(0, L, Cx):
                 placements.append([(s, 0, 0, a, min(a + Cx, L))])
-    return segments, placements, P, S, offset
+    return segments, placements, cellsT, P, S, offset
+
+
+def dense_program(layer, segments, placements, cellsT, target, offset: int, share_groups: bool):
+    """The dense program: a single transposing copy when groups are tiled (no sharing), else
+    :func:`xbc.packing.build_program`. Equal to ``assemble_program(segments, placements, ...)``."""
+    Rx, Cx = target.rows, target.cols
+    G, L, R = cellsT.shape
+    if share_groups and R <= Rx and L <= Cx:
+        return build_program(segments, placements, Rx, Cx, offset)
+    nrb, nch = -(-R // Rx), -(-L // Cx)
+    cells = np.zeros((G, nrb, nch, Rx, Cx), np.uint8)
+    fr, fc = R // Rx, L // Cx
+    # one transposing copy for the full blocks, then the ragged edges
+    if fr and fc:
+        cells[:, :fr, :fc] = cellsT[:, :fc * Cx, :fr * Rx].reshape(G, fc, Cx, fr, Rx).transpose(0, 3, 1, 4, 2)
+    if fc < nch:
+        w = L - fc * Cx
+        if fr:
+            cells[:, :fr, fc, :, :w] = cellsT[:, fc * Cx:, :fr * Rx].reshape(G, w, fr, Rx).transpose(0, 2, 3, 1)
+    if fr < nrb:
+        h = R - fr * Rx
+        if fc:
+            cells[:, fr, :fc, :h, :] = cellsT[:, :fc * Cx, fr * Rx:].reshape(G, fc, Cx, h).transpose(0, 1, 3, 2)
+        if fc < nch:
+            cells[:, fr, fc, :h, :L - fc * Cx] = cellsT[:, fc * Cx:, fr * Rx:].transpose(0, 2, 1)
+    X = G * nrb * nch
+    prog = empty_program(Rx, Cx)
+    prog.cells = cells.reshape(X, Rx, Cx)
+    rp = (np.asarray(layer.row_perm, dtype=np.int32) if layer.row_perm is not None
+          else np.broadcast_to(np.arange(R, dtype=np.int32), (G, R)))
+    ri = np.full((G, nrb * Rx), -1, np.int32)
+    ri[:, :R] = rp
+    rg = np.where(ri >= 0, np.arange(G, dtype=np.int32)[:, None], -1).astype(np.int32)
+    rep = lambda a: np.repeat(a.reshape(G, nrb, 1, Rx), nch, axis=2).reshape(X, Rx)  # noqa: E731
+    prog.row_index, prog.row_group = rep(ri), rep(rg)
+    ci = np.full((G, nch * Cx), -1, np.int32)
+    cs = np.zeros((G, nch * Cx), np.int32)
+    sg = np.zeros((G, nch * Cx), np.int8)
+    for g in range(G):
+        seg = segments[g * nrb]
+        ci[g, :L], cs[g, :L], sg[g, :L] = seg.col_index, seg.col_shift, seg.col_sign
+    cg = np.where(ci >= 0, np.arange(G, dtype=np.int32)[:, None], -1).astype(np.int32)
+    col = lambda a: np.repeat(a.reshape(G, 1, nch, Cx), nrb, axis=1).reshape(X, Cx)  # noqa: E731
+    prog.col_index, prog.col_shift, prog.col_sign, prog.col_group = col(ci), col(cs), col(sg), col(cg)
+    prog.offset = offset
+    return prog
 
 
 @register
@@ -161,11 +231,11 @@ class SliceBits(Pass):
     def run(self, graph, ctx) -> PassResult:
         t = ctx.target
         tot = {"layers": 0, "crossbars_dense": 0, "crossbars_dense_layout": 0, "crossbars_sliced": 0,
-               "crossbars_isaac": 0, "segments": 0, "nonzero_cells": 0}
+               "crossbars_isaac": 0, "segments": 0}
         for node in ctx.each_layer(graph):
             L = node.layer
-            segments, placements, P, S, offset = slice_layer(L, node, t, self.share_groups)
-            prog = assemble_program(segments, placements, t.rows, t.cols, offset)
+            segments, placements, cellsT, P, S, offset = slice_layer(L, node, t, self.share_groups)
+            prog = dense_program(L, segments, placements, cellsT, t, offset, self.share_groups)
             X = prog.n_crossbars
             expect = dense_crossbars(L.groups, L.rows, L.cols, t, P, S, self.share_groups)
             if X != expect:  # pragma: no cover - internal consistency
@@ -173,7 +243,7 @@ class SliceBits(Pass):
             L.segments = segments
             L.program = prog
             sm_planes = n_planes(L.quant.weight_bits, t.cell_bits, t.weight_encoding)
-            nz = prog.cells.reshape(X, -1).any(axis=1) if X else np.zeros(0, bool)
+            nz = prog.cells.reshape(X, t.rows * t.cols).max(axis=1, initial=0) > 0
             st = {
                 "crossbars_dense": dense_crossbars(L.groups, L.rows, L.cols, t, sm_planes, signs_of(t),
                                                    self.share_groups),
@@ -183,11 +253,10 @@ class SliceBits(Pass):
                 "planes": P,
                 "signs": S,
                 "segments": len(segments),
-                "nonzero_cells": int(np.count_nonzero(prog.cells)),
             }
             L.stats.update(st)
             tot["layers"] += 1
             for k in ("crossbars_dense", "crossbars_dense_layout", "crossbars_sliced", "crossbars_isaac",
-                      "segments", "nonzero_cells"):
+                      "segments"):
                 tot[k] += st[k]
         return PassResult(changed=tot["layers"] > 0, stats=tot)

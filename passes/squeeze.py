@@ -39,111 +39,197 @@ from typing import ClassVar
 import numpy as np
 
 from xbc.errors import OptionError, PassError
-from xbc.layer import Segment, assemble_program
-from xbc.packing import pack
+from xbc.layer import Segment
+from xbc.packing import build_program, pack
 from xbc.passmanager import Pass, PassResult, register
 
 
-def sub_segment(seg: Segment, cols: np.ndarray) -> Segment | None:
-    """Columns ``cols`` of ``seg`` restricted to the rows they use (None if all zero)."""
-    cells = seg.cells[:, cols]
-    rows = cells.any(axis=1)
-    if not rows.any():
-        return None
-    return Segment(group=seg.group, rows=seg.rows[rows], col_index=seg.col_index[cols],
-                   col_shift=seg.col_shift[cols], col_sign=seg.col_sign[cols],
-                   cells=np.ascontiguousarray(cells[rows]))
+def _popcount_rows(packed: np.ndarray) -> np.ndarray:
+    """Set bits per row of a packed ``[..., bytes]`` uint8 array."""
+    return np.add.reduce(np.bitwise_count(packed), axis=-1, dtype=np.int64)
 
 
-def squeeze_segment(seg: Segment) -> Segment | None:
-    """Drop empty columns, then empty rows."""
-    keep = np.flatnonzero(seg.cells.any(axis=0))
+_MAGIC = np.uint64(0x0102040810204080)
+
+
+def pack_support(cT: np.ndarray, binary: bool) -> np.ndarray:
+    """``np.packbits(cT != 0, axis=1)`` for ``[c, r]`` cells; for 0/1 cells with 8-byte aligned
+    rows a multiply-shift packs eight cells per 64-bit word (several times faster)."""
+    c, r = cT.shape
+    if (binary and r % 8 == 0 and cT.strides[1] == 1 and cT.strides[0] % 8 == 0
+            and cT.__array_interface__["data"][0] % 8 == 0 and c > 0):
+        words = np.lib.stride_tricks.as_strided(cT, (c, r // 8), (cT.strides[0], 8)).view(np.uint8)
+        w = np.ascontiguousarray(words).view(np.uint64)   # little-endian: cell 8k+i in byte i
+        return ((w * _MAGIC) >> np.uint64(56)).astype(np.uint8)
+    return np.packbits(cT.view(np.bool_) if binary else cT != 0, axis=1)
+
+
+def support_keys(packed: np.ndarray, count: np.ndarray, rows: int) -> np.ndarray:
+    """Column order from packed row supports ``[c, ceil(r/8)]``: support size descending, then
+    the support pattern of the first 51 rows (lexicographic; exact when ``r <= 51``), so columns
+    with similar row support sit together. One 64-bit key ``(r - size) << 51 | pattern``
+    (13 bits hold any size up to 4096 rows)."""
+    n = packed.shape[0]
+    head = np.zeros((n, 8), np.uint8)
+    k = min(8, packed.shape[1])
+    head[:, :k] = packed[:, :k]
+    pattern = head.view(">u8")[:, 0].astype(np.uint64) >> np.uint64(13)
+    key = ((rows - count.astype(np.int64)).astype(np.uint64) << np.uint64(51)) | pattern
+    return np.argsort(key)  # deterministic for a given input (ties: same size and pattern)
+
+
+class _Seg:
+    """A squeezed segment: kept columns ``cols`` (in item order) of ``seg``, their packed row
+    supports ``packed`` ``[n, ceil(r/8)]`` and (lazily) their column tables and cells."""
+
+    __slots__ = ("seg", "cols", "packed", "r", "_tables", "_sT")
+
+    def __init__(self, seg, cols, packed, r):
+        self.seg, self.cols, self.packed, self.r = seg, cols, packed, r
+        self._tables = self._sT = None
+
+    def tables(self):
+        if self._tables is None:
+            c = self.cols
+            self._tables = (self.seg.col_index[c], self.seg.col_shift[c], self.seg.col_sign[c])
+        return self._tables
+
+    def sT(self) -> np.ndarray:
+        """Kept columns' cells, column-major ``[n, r]`` (one gather per segment)."""
+        if self._sT is None:
+            self._sT = self.seg.cells.T[self.cols]
+        return self._sT
+
+    def mask(self, lo: int, hi: int) -> np.ndarray:
+        """Row mask of kept columns ``lo:hi``."""
+        bits = np.bitwise_or.reduce(self.packed[lo:hi], axis=0)
+        return np.unpackbits(bits, count=self.r).astype(bool)
+
+
+class _Item:
+    """Kept columns ``lo:hi`` of a :class:`_Seg` as one rectangle of ``nrows`` rows."""
+
+    __slots__ = ("s", "lo", "hi", "nrows", "mask")
+
+    def __init__(self, s, lo, hi, nrows, mask=None):
+        self.s, self.lo, self.hi, self.nrows, self.mask = s, lo, hi, int(nrows), mask
+
+
+def _segment_items(seg: Segment, Cx: int, split: bool, binary: bool):
+    """Squeeze one segment; return its items for the variants ``whole``, ``chunks`` and
+    ``chunks+tail`` (the last two None without ``split``) and its kept columns / cells.
+
+    Works on the column-major view ``seg.cells.T`` and packed row-support bits (1/8 of the
+    cells): one pass over the cells to pack them, everything else on the packed bits."""
+    cT = seg.cells.T                                      # [L, r]
+    r = cT.shape[1]
+    packed = pack_support(cT, binary)                     # [L, ceil(r/8)], row 0 = MSB
+    cnt = _popcount_rows(packed)
+    keep = np.flatnonzero(cnt)
     if keep.size == 0:
         return None
-    return sub_segment(seg, keep)
-
-
-def support_order(seg: Segment) -> np.ndarray:
-    """Column order: row-support size descending, then support pattern (lexicographic)."""
-    sup = seg.cells != 0
-    count = sup.sum(axis=0)
-    packed = np.packbits(sup, axis=0)  # [ceil(r/8), c]
-    keys = [packed[k] for k in range(packed.shape[0] - 1, -1, -1)] + [-count]
-    return np.lexsort(keys)
-
-
-def _union_rows(sup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prefix and suffix row-union sizes of a column-ordered support matrix ``[r, m]``."""
-    pre = np.logical_or.accumulate(sup, axis=1).sum(axis=0)           # rows of cols [0..t]
-    suf = np.logical_or.accumulate(sup[:, ::-1], axis=1).sum(axis=0)[::-1]  # rows of cols [t..m)
-    return pre, suf
-
-
-def chunk_items(seg: Segment, Cx: int, tail_split: bool) -> list[Segment]:
-    order = support_order(seg)
-    n = order.size
-    out: list[Segment] = []
-    full = (n // Cx) * Cx
-    for a in range(0, full, Cx):
-        s = sub_segment(seg, order[a:a + Cx])
-        out.append(s)
-    rem = order[full:]
-    if rem.size == 0:
-        return out
-    if tail_split and rem.size >= 2:
-        sup = seg.cells[:, rem] != 0
-        pre, suf = _union_rows(sup)
-        m = rem.size
+    kept = (int(keep.size), int(cnt.sum()))
+    if split:
+        keep = keep[support_keys(packed[keep], cnt[keep], r)]
+    pk = packed[keep]
+    s = _Seg(seg, keep, pk, r)
+    n = keep.size
+    if not split:
+        m_all = s.mask(0, n)
+        return [_Item(s, 0, n, m_all.sum(), m_all)], None, None, kept
+    nf = n // Cx
+    lo = nf * Cx
+    m = n - lo
+    chunk_bits = np.bitwise_or.reduce(pk[:lo].reshape(nf, Cx, pk.shape[1]), axis=1)   # [nf, bytes]
+    masks = np.unpackbits(chunk_bits, axis=1, count=r).astype(bool)
+    counts = masks.sum(axis=1)
+    chunks = [_Item(s, k * Cx, (k + 1) * Cx, counts[k], masks[k]) for k in range(nf)]
+    all_bits = np.bitwise_or.reduce(chunk_bits, axis=0) if nf else np.zeros(pk.shape[1], np.uint8)
+    if m == 0:
+        m_all = np.unpackbits(all_bits, count=r).astype(bool)
+        return [_Item(s, 0, n, m_all.sum(), m_all)], chunks, chunks, kept
+    acc = np.bitwise_or.accumulate(pk[lo:], axis=0)                   # rows of [0, t]
+    pre = _popcount_rows(acc)
+    suf = _popcount_rows(np.bitwise_or.accumulate(pk[lo:][::-1], axis=0))[::-1]   # rows of [t, m)
+    m_all = np.unpackbits(all_bits | acc[-1], count=r).astype(bool)
+    whole = [_Item(s, 0, n, m_all.sum(), m_all)]
+    one = chunks + [_Item(s, lo, n, pre[-1])]
+    two = one
+    if m >= 2:
         t = np.arange(1, m)
         area = t * pre[t - 1] + (m - t) * suf[t]
-        best = int(np.argmin(area))
-        whole = m * int(pre[-1])
-        if area[best] < whole:
-            cut = int(t[best])
-            out.append(sub_segment(seg, rem[:cut]))
-            out.append(sub_segment(seg, rem[cut:]))
-            return out
-    out.append(sub_segment(seg, rem))
-    return out
+        k = int(np.argmin(area))
+        if area[k] < m * int(pre[-1]):
+            cut = int(t[k])
+            two = chunks + [_Item(s, lo, lo + cut, pre[cut - 1]), _Item(s, lo + cut, n, suf[cut])]
+    return whole, one, two, kept
 
 
 def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exact_limit: int,
-                  time_limit: float, seed: int, workers: int):
-    """Returns (pieces, placements, info) for :func:`assemble_program`."""
-    base = [s for s in (squeeze_segment(seg) for seg in segments) if s is not None]
-    variants = [("whole", base)]
+                  time_limit: float, seed: int, workers: int, cell_bits: int = 8, offset: int = 0):
+    """Squeeze and pack one layer's segments. Returns ``(program, pieces, info)``.
+
+    ``pieces`` are the placed rectangles as :class:`~xbc.layer.Segment` whose ``cells`` are views
+    into ``program.cells`` (no second copy of the cells is kept)."""
+    binary = cell_bits == 1
+    per = [x for x in (_segment_items(seg, Cx, split, binary) for seg in segments) if x is not None]
+    variants = [("whole", [it for w, _, _, _ in per for it in w])]
     if split:
-        variants.append(("chunks", [p for s in base for p in chunk_items(s, Cx, False)]))
-        variants.append(("chunks+tail", [p for s in base for p in chunk_items(s, Cx, True)]))
+        variants.append(("chunks", [it for _, c, _, _ in per for it in c]))
+        if any(t is not c for _, c, t, _ in per):
+            variants.append(("chunks+tail", [it for _, _, c, _ in per for it in c]))
     best = None
     for name, items in variants:
-        shapes = [(len(s.rows), s.col_index.size) for s in items]
-        plc, lb, _, _ = pack(shapes, Rx, Cx, exact_limit=0, time_limit=0, seed=seed)
-        if best is None or len(plc) < best[2]:
-            best = (name, items, len(plc))
-    name, items, _ = best
-    shapes = [(len(s.rows), s.col_index.size) for s in items]
-    plc, lb, method, status = pack(shapes, Rx, Cx, exact_limit=exact_limit, time_limit=time_limit,
-                                   seed=seed, workers=workers)
+        shapes = [(it.nrows, it.hi - it.lo) for it in items]
+        res = pack(shapes, Rx, Cx, exact_limit=0, time_limit=0, seed=seed)
+        if best is None or len(res[0]) < len(best[2][0]):
+            best = (name, items, res, shapes)
+    name, items, res, shapes = best
+    if res[3] != "OPTIMAL" and exact_limit > 0 and time_limit > 0:
+        res = pack(shapes, Rx, Cx, exact_limit=exact_limit, time_limit=time_limit, seed=seed,
+                   workers=workers)
+    plc, lb, method, status = res
+    # pieces: every placed column range cut to the rows its own columns use
     pieces: list[Segment] = []
+    sources: list[tuple[_Seg, int, int, np.ndarray | None]] = []
     placements: list[list[tuple[int, int, int, int, int]]] = []
     for bin_ in plc:
         row0 = col0 = 0
         out = []
         for item, _r0, _c0, a, b in bin_:
-            p = sub_segment(items[item], np.arange(a, b))
-            if p is None:  # cannot happen: squeezed columns are non-empty
-                continue
+            it = items[item]
+            s = it.s
+            lo, hi = it.lo + a, it.lo + b
+            mask = it.mask if (a == 0 and b == it.hi - it.lo and it.mask is not None) else s.mask(lo, hi)
+            nr = int(np.count_nonzero(mask))
+            full = nr == s.r
+            seg = s.seg
+            ci, cs, sg = s.tables()
+            p = Segment(group=seg.group, rows=seg.rows if full else seg.rows[mask],
+                        col_index=ci[lo:hi], col_shift=cs[lo:hi], col_sign=sg[lo:hi], cells=None)
             out.append((len(pieces), row0, col0, 0, b - a))
             pieces.append(p)
-            row0 += len(p.rows)
+            sources.append((s, lo, hi, None if full else mask))
+            row0 += nr
             col0 += b - a
         placements.append(out)
+
+    def fill(cells, flat):
+        for x, k, r0, c0, _a, n in flat:
+            s, lo, hi, mask = sources[k]
+            block = s.sT()[lo:hi]                           # [n, r] view
+            if mask is not None:
+                block = block[:, mask]
+            r = block.shape[1]
+            cells[x, r0:r0 + r, c0:c0 + n] = block.T
+            pieces[k].cells = cells[x, r0:r0 + r, c0:c0 + n]
+
+    prog = build_program(pieces, placements, Rx, Cx, offset, fill=fill)
     info = {"lower_bound": int(lb), "pack_method": method, "pack_status": status,
             "squeeze_variant": name, "squeeze_items": len(items),
-            "kept_columns": int(sum(s.col_index.size for s in base)),
-            "kept_cells": int(sum(np.count_nonzero(s.cells) for s in base))}
-    return pieces, placements, info
+            "kept_columns": int(sum(k[0] for *_, k in per)),
+            "kept_cells": int(sum(k[1] for *_, k in per))}
+    return prog, pieces, info
 
 
 @register
@@ -175,11 +261,10 @@ class Squeeze(Pass):
             if L.segments is None or L.program is None:
                 raise PassError(f"layer {L.id} ({node.name!r}) has no segments; run 'slice-bits' before 'squeeze'")
             before = L.program.n_crossbars
-            pieces, placements, info = squeeze_layer(
+            L.program, L.segments, info = squeeze_layer(
                 L.segments, t.rows, t.cols, split=self.split, exact_limit=self.exact_limit,
-                time_limit=self.time_limit, seed=seed, workers=self.workers)
-            L.program = assemble_program(pieces, placements, t.rows, t.cols, L.program.offset)
-            L.segments = pieces
+                time_limit=self.time_limit, seed=seed, workers=self.workers, cell_bits=t.cell_bits,
+                offset=L.program.offset)
             info["crossbars_squeezed"] = L.program.n_crossbars
             L.stats.update(info)
             tot["layers"] += 1

@@ -458,7 +458,7 @@ def data_dependent_model() -> onnx.ModelProto:
     nodes = [helper.make_node("NonZero", ["x"], ["nz"], name="nonzero"),
              helper.make_node("Transpose", ["nz"], ["nzt"], name="nz_t"),
              helper.make_node("Cast", ["nzt"], ["y"], to=F)]
-    return make(nodes, [_vi("x", [3, 4])], [helper.make_empty_tensor_value_info("y")], [], name="datadep")
+    return make(nodes, [_vi("x", [3, 4])], [_vi("y", ["n", 2])], [], name="datadep")
 
 
 def all_roundtrip_models() -> dict[str, tuple[onnx.ModelProto, dict]]:

@@ -162,6 +162,10 @@ def test_schema_accepts_bundle_and_rejects_edits(tiny):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
     bad = json.loads(json.dumps(m))
+    bad["layers"][0]["w_int"]["dtype"] = "<f8"   # a valid dtype, but not w_int's
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)
+    bad = json.loads(json.dumps(m))
     del bad["layers"][1]["splice"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
@@ -212,7 +216,7 @@ def test_every_model_validates(target, tmp_path):
         out = tmp_path / name
         xb.write_bundle(res, out)
         rep = xb.validate_bundle(out)
-        assert rep.ok and rep.layers == len(list(res.graph.layers())), name
+        assert rep.ok and not rep and rep.layers == len(list(res.graph.layers())), name
         assert rep.crossbars == sum(n.layer.program.n_crossbars for n in res.graph.layers())
         assert rep.checks["conservation"].startswith("ok"), name
         assert rep.checks["placement"].startswith("ok"), name
@@ -422,6 +426,16 @@ def test_schema_violation_names_the_layer_field(tiny, tmp_path, capsys):
     m["layers"][1]["quant"]["weight_bits"] = "eight"
     (b / "mapping.json").write_text(xb.dumps(m))
     _expect_error(["validate", str(b)], capsys, f"layers[1] (layer {lid}).quant.weight_bits", "'eight'")
+    # crossbar entries take a fast path through the schema check: still caught and named
+    m["layers"][1]["quant"]["weight_bits"] = 8
+    m["layers"][2]["crossbars"][0]["slot"] = -1
+    (b / "mapping.json").write_text(xb.dumps(m))
+    lid = m["layers"][2]["id"]
+    _expect_error(["validate", str(b)], capsys, f"layers[2] (layer {lid}).crossbars[0].slot", "-1 is less than")
+    m["layers"][2]["crossbars"][0]["slot"] = 0
+    m["layers"][2]["crossbars"][0]["cells"]["dtype"] = "<c16"
+    (b / "mapping.json").write_text(xb.dumps(m))
+    _expect_error(["validate", str(b)], capsys, "crossbars[0].cells.dtype", "<c16")
 
 
 def test_conservation_violation_is_caught(tiny, tmp_path, capsys):
@@ -486,7 +500,7 @@ def test_graph_inconsistency(tiny, tmp_path, capsys):
     m["files"]["graph.onnx"] = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (b / "mapping.json").write_text(xb.dumps(m))
     rep = xb.validate_bundle(b, raise_on_error=False)
-    assert not rep.ok
+    assert not rep.ok and len(rep) == len(rep.errors) >= 2
     assert any("L999_ghost" in e for e in rep.errors)
     assert any("have no CrossbarLayer node" in e for e in rep.errors)
     _expect_error(["validate", str(b)], capsys, "L999_ghost")

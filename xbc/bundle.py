@@ -41,9 +41,9 @@ sibling and is renamed into place at the end, so a failure never leaves a partia
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -56,7 +56,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnx
 
-from .errors import BundleError, VerifyError, XbcError
+from .errors import BundleError, VerifyError
 from .layer import LayerProgram, LayerSpec, matrix_shape, rebuild_matrix, to_matrix
 
 SCHEMA = "xbc.mapping"
@@ -192,7 +192,8 @@ def exec_attrs(node, layer) -> dict[str, Any]:
     ``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``; Conv's ``auto_pad`` SAME_UPPER /
     SAME_LOWER / VALID is resolved to explicit pads from the concrete input shape), and for
     conv_transpose ``output_padding`` (plus ``auto_pad`` / ``output_shape`` verbatim when the model
-    uses them). gemm: ``transB, alpha, beta``. matmul: none.
+    uses them). gemm: ``transB`` (``alpha`` is folded into ``quant.w_scale`` by quantize and
+    ``beta`` into the bundle's bias, so neither is an execution attribute). matmul: none.
     """
     a = node.attrs
     kind = layer.kind
@@ -228,8 +229,7 @@ def exec_attrs(node, layer) -> dict[str, Any]:
         out["pads"] = pads
         return out
     if kind == "gemm":
-        return {"transB": int(a.get("transB", 0)), "alpha": float(a.get("alpha", 1.0)),
-                "beta": float(a.get("beta", 1.0))}
+        return {"transB": int(a.get("transB", 0))}
     return {}
 
 
@@ -320,6 +320,23 @@ def _adc_summary(col_adc_bits: np.ndarray | None, col_group: np.ndarray) -> dict
             "histogram": {str(int(v)): int(c) for v, c in zip(vals, counts)}}
 
 
+def _replicas(graph, layer_id: str, X: int) -> list[dict[str, Any]]:
+    """Weight-duplication copies of a layer's crossbars from the place pass's report
+    (``placement.duplication.replica_placement``): per copy the tile and slot of each crossbar.
+    A copy holds the same cells as the primary crossbars."""
+    rep = graph.meta.get("placement") or {}
+    reps = ((rep.get("duplication") or {}).get("replica_placement") or {}).get(layer_id) or []
+    out = []
+    for r in reps:
+        tile = [int(v) for v in r["tile"]]
+        slot = [int(v) for v in r["slot"]]
+        if len(tile) != X or len(slot) != X:
+            raise BundleError(f"layer {layer_id}: replica {r.get('copy')} places {len(tile)} crossbars, "
+                              f"the layer has {X}")
+        out.append({"copy": int(r["copy"]), "tile": tile, "slot": slot})
+    return out
+
+
 def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
     L = node.layer
     where = f"layer {L.id} ({node.name!r})"
@@ -383,6 +400,7 @@ def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
                        "rows_used": int(rows_used[x]), "cols_used": int(cols_used[x]),
                        "programmed_cells": int(nnz[x]), "cells": _view_ref(e["cells"], cells, x)}
                       for x in range(X)]
+    e["replicas"] = _replicas(node.graph, L.id, X)
     return e
 
 
@@ -557,6 +575,19 @@ class _Source:
         except OSError as e:
             raise BundleError(f"bundle {self.path}: cannot read {name} ({e.strerror or e})") from None
 
+    def buffer(self, name: str):
+        """Like :meth:`read`, but memory-maps a directory bundle's file (read-only), so large
+        arrays.bin files are paged in on demand instead of copied."""
+        if self.members is not None or not self.exists(name):
+            return self.read(name)
+        try:
+            with open(self.path / name, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return b""
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise BundleError(f"bundle {self.path}: cannot read {name} ({e.strerror or e})") from None
+
 
 def _parse_mapping(src: _Source) -> dict[str, Any]:
     raw = src.read("mapping.json")
@@ -606,10 +637,59 @@ def _validator():
     return _VALIDATOR
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_REF_KEYS = {"offset", "length", "dtype", "shape", "sha256"}
+_XBAR_KEYS = {"index", "tile", "slot", "rows_used", "cols_used", "programmed_cells", "cells"}
+
+
+def _is_nonneg(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _fast_ref_ok(ref: Any, dtype: str) -> bool:
+    return (type(ref) is dict and ref.keys() == _REF_KEYS and _is_nonneg(ref["offset"])
+            and _is_nonneg(ref["length"]) and ref["dtype"] == dtype and type(ref["shape"]) is list
+            and all(_is_nonneg(d) for d in ref["shape"]) and type(ref["sha256"]) is str
+            and _HEX64.fullmatch(ref["sha256"]) is not None)
+
+
+def _fast_crossbar_ok(c: Any) -> bool:
+    """The crossbar item schema, checked in plain Python (jsonschema takes ~1 ms per item,
+    which is tens of seconds for ResNet-sized bundles); a failing item is re-checked with
+    jsonschema for the message."""
+    return (type(c) is dict and c.keys() == _XBAR_KEYS and _is_nonneg(c["index"])
+            and (c["tile"] is None or _is_nonneg(c["tile"])) and (c["slot"] is None or _is_nonneg(c["slot"]))
+            and _is_nonneg(c["rows_used"]) and _is_nonneg(c["cols_used"]) and _is_nonneg(c["programmed_cells"])
+            and _fast_ref_ok(c["cells"], "|u1"))
+
+
 def _check_schema(mapping: dict[str, Any], path: Path) -> None:
+    """JSON Schema check. The per-crossbar lists are checked item by item with an equivalent
+    fast test (jsonschema only for an item that fails it, to word the error); everything else
+    goes through jsonschema."""
     import jsonschema  # noqa: PLC0415
 
-    err = jsonschema.exceptions.best_match(_validator().iter_errors(mapping))
+    validator = _validator()
+    skeleton = mapping
+    layers = mapping.get("layers")
+    if isinstance(layers, list) and all(isinstance(e, dict) for e in layers):
+        skeleton = dict(mapping)
+        skeleton["layers"] = [{**e, "crossbars": []} if isinstance(e.get("crossbars"), list) else e for e in layers]
+    err = jsonschema.exceptions.best_match(validator.iter_errors(skeleton))
+    if err is None and skeleton is not mapping:
+        schema = validator.schema
+        xbar_schema = schema["properties"]["layers"]["items"]["properties"]["crossbars"]["items"]
+        sub = jsonschema.Draft202012Validator(xbar_schema)
+        for li, e in enumerate(layers):
+            for ci, c in enumerate(e["crossbars"]):
+                if _fast_crossbar_ok(c):
+                    continue
+                err = jsonschema.exceptions.best_match(sub.iter_errors(c))
+                if err is not None:
+                    err.path.extendleft(["layers", li, "crossbars", ci][::-1])
+                    break
+            if err is not None:
+                break
     if err is not None:
         loc = _json_path(err.absolute_path, mapping)
         raise BundleError(f"bundle {path}: mapping.json does not match schema {SCHEMA} "
@@ -696,7 +776,7 @@ class Bundle:
     mapping: dict[str, Any]
     graph: onnx.ModelProto
     layers: dict[str, LayerSpec]
-    arrays: bytes = field(repr=False)
+    arrays: Any = field(repr=False)   # bytes or a read-only mmap of arrays.bin
 
     @property
     def target(self) -> dict[str, Any]:
@@ -731,7 +811,7 @@ def read_bundle(path: str | Path, *, check_hashes: bool = True) -> Bundle:
     src = _Source(path)
     mapping = _parse_mapping(src)
     _check_schema(mapping, src.path)
-    arrays = src.read("arrays.bin")
+    arrays = src.buffer("arrays.bin")
     graph_bytes = src.read("graph.onnx")
     if check_hashes:
         for name, data in (("arrays.bin", arrays), ("graph.onnx", graph_bytes)):
@@ -765,7 +845,8 @@ def _parse_graph(data: bytes, path: Path) -> onnx.ModelProto:
 
 @dataclass
 class ValidationReport:
-    """What :func:`validate_bundle` checked. ``errors`` is empty for a valid bundle."""
+    """What :func:`validate_bundle` checked. ``errors`` is empty for a valid bundle (``ok``);
+    ``len(report)`` is the number of problems."""
 
     path: str
     schema_version: str = ""
@@ -783,6 +864,10 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def __len__(self) -> int:
+        """The number of problems, so ``if report:`` reads "if the bundle has problems"."""
+        return len(self.errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("path", "schema_version", "layers", "crossbars", "arrays",
@@ -848,7 +933,7 @@ def validate_bundle(path: str | Path, *, raise_on_error: bool = True) -> Validat
                           "section was edited or damaged")
 
     # --- files and arrays ------------------------------------------------------------------
-    arrays = src.read("arrays.bin")
+    arrays = src.buffer("arrays.bin")
     graph_bytes = src.read("graph.onnx")
     rep.arrays_bytes = len(arrays)
     bad_layers: set[str] = set()
@@ -1035,6 +1120,14 @@ def _check_placement(mapping: dict[str, Any], rep: ValidationReport) -> str:
             tiles.append(c["tile"])
             slots.append(c["slot"])
             names.append(f"layer {e['id']} crossbar {c['index']}")
+        for r in e["replicas"]:
+            if len(r["tile"]) != len(e["crossbars"]) or len(r["slot"]) != len(e["crossbars"]):
+                rep.errors.append(f"placement: layer {e['id']} replica {r['copy']} places {len(r['tile'])} "
+                                  f"crossbars, the layer has {len(e['crossbars'])}")
+                continue
+            tiles.extend(r["tile"])
+            slots.extend(r["slot"])
+            names.extend(f"layer {e['id']} crossbar {x} (copy {r['copy']})" for x in range(len(r["tile"])))
     total = len(tiles) + unplaced
     if total == 0:
         return "ok (no crossbars)"
@@ -1143,10 +1236,7 @@ def _make_validate_cmd():
           xbc validate out/
           xbc validate model.xbc --json
         """
-        try:
-            rep = validate_bundle(bundle, raise_on_error=False)
-        except XbcError:
-            raise
+        rep = validate_bundle(bundle, raise_on_error=False)
         if as_json:
             click.echo(dumps(rep.to_dict()), nl=False)
         elif not quiet or not rep.ok:

@@ -101,7 +101,6 @@ def compile_cmd(model, target, output, as_zip, input_shape, overrides, pipeline,
     from .compiler import compile_model
     from . import calibration as calib
     from . import progress as prog
-    from . import summary
 
     shapes = parse_shapes(input_shape)
     reporter = prog.Progress(enabled=not quiet and not as_json)
@@ -118,6 +117,7 @@ def compile_cmd(model, target, output, as_zip, input_shape, overrides, pipeline,
     if as_json:
         click.echo(json.dumps(stats, indent=2, sort_keys=True))
     else:
+        from . import summary  # imported late: input errors are reported before it is needed
         click.echo(summary.render_text(result))
         if output:
             click.echo(f"bundle written to {output}")

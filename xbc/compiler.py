@@ -46,6 +46,9 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | targets.Tar
                   print_fn: Callable[[str], None] | None = None) -> CompileResult:
     """Compile an ONNX model for a target. ``pipeline=None`` runs the target's default."""
     tgt = target if isinstance(target, targets.Target) else targets.load(target, overrides)
+    # parse the pipeline first, so a typo is reported before a large model is loaded
+    pm = PassManager(pipeline if pipeline is not None else tgt.pipeline, verify=verify,
+                     print_after=print_after, print_fn=print_fn)
     if isinstance(model, onnx.ModelProto):
         proto = model
         sha = __import__("hashlib").sha256(model.SerializeToString()).hexdigest()
@@ -55,8 +58,6 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | targets.Tar
         sha = frontend.model_sha256(model)
         path = str(model)
     graph = frontend.load_model(proto, input_shapes, where=path)
-    pm = PassManager(pipeline if pipeline is not None else tgt.pipeline, verify=verify,
-                     print_after=print_after, print_fn=print_fn)
     ctx = PassContext(target=tgt, calibration=calibration, seed=seed, quiet=quiet, progress=progress)
     results = pm.run(graph, ctx)
     shapes = {v.name: list(v.shape) for v in graph.inputs}

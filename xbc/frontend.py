@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +170,12 @@ def max_supported_opset() -> int:
     return lo
 
 
+def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
 def _min_ir_version(opsets) -> int:
     """Smallest IR version for the standard domains among ``opsets`` (others are ignored)."""
     std = [o for o in opsets if o.domain in ("", "ai.onnx", "ai.onnx.ml")]
@@ -213,6 +217,7 @@ def prepare_model(model: onnx.ModelProto, where: str = "model") -> onnx.ModelPro
         if any(n.domain in ("", "ai.onnx") for n in nodes):
             raise ModelError(f"{where}: the model imports no default (ai.onnx) opset")
         opset = CONVERT_OPSET
+        model = _copy_model(model)
         model.opset_import.append(helper.make_opsetid("", opset))
     unknown: dict[str, list[str]] = {}
     for n in nodes:
@@ -237,7 +242,6 @@ def prepare_model(model: onnx.ModelProto, where: str = "model") -> onnx.ModelPro
                              f"re-export it with opset {MIN_OPSET} or newer") from None
         opset = _default_opset(model) or CONVERT_OPSET
         nodes = list(_all_nodes(model.graph))
-    model.ir_version = max(model.ir_version, _min_ir_version(model.opset_import))
     checked: set[tuple[str, str]] = set()
     for n in nodes:
         dom = "" if n.domain == "ai.onnx" else n.domain
@@ -260,37 +264,33 @@ def prepare_model(model: onnx.ModelProto, where: str = "model") -> onnx.ModelPro
 # input shapes
 # ----------------------------------------------------------------------------------------
 
-def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], where: str) -> onnx.ModelProto:
+def resolve_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                         where: str) -> dict[str, tuple[int, ...]]:
+    """Concrete shape of every real graph input: the model's own, with ``--input-shape`` applied.
+
+    Errors name the input and show the ``--input-shape`` option that fixes it."""
     init_names = {t.name for t in model.graph.initializer}
     real_inputs = [i for i in model.graph.input if i.name not in init_names]
     names = {i.name for i in real_inputs}
     for name in shapes:
         if name not in names:
             raise ModelError(f"--input-shape names {name!r}, but the model's inputs are "
-                             f"{', '.join(sorted(names)) or '(none)'}")
-    model = onnx.ModelProto.FromString(model.SerializeToString()) if shapes else model
-    for inp in model.graph.input:
-        if inp.name in init_names:
-            continue
+                             f"{', '.join(repr(n) for n in sorted(names)) or '(none)'}")
+    out: dict[str, tuple[int, ...]] = {}
+    for inp in real_inputs:
         if not inp.type.HasField("tensor_type"):
             raise ModelError(f"{where}: input {inp.name!r} is not a tensor ({inp.type.WhichOneof('value')}); "
                              f"only tensor inputs are supported")
         tt = inp.type.tensor_type
-        dims = tt.shape.dim
+        dims = list(tt.shape.dim)
         if inp.name in shapes:
-            want = shapes[inp.name]
+            want = tuple(int(w) for w in shapes[inp.name])
             if tt.HasField("shape") and len(want) != len(dims):
                 raise ModelError(f"--input-shape {inp.name}: model input has rank {len(dims)}, got {len(want)} dims")
-            if not tt.HasField("shape"):
-                tt.shape.SetInParent()
-                for _ in want:
-                    tt.shape.dim.add()
-                dims = tt.shape.dim
             for d, w in zip(dims, want):
                 if d.HasField("dim_value") and d.dim_value != w:
                     raise ModelError(f"--input-shape {inp.name}: dimension is fixed to {d.dim_value} in the model, got {w}")
-                d.Clear()
-                d.dim_value = int(w)
+            out[inp.name] = want
         elif not tt.HasField("shape"):
             raise ModelError(f"{where}: input {inp.name!r} has unknown rank; fix its shape with "
                              f"--input-shape {inp.name}=D1,D2,...")
@@ -301,6 +301,24 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                 raise ModelError(f"{where}: input {inp.name!r} has dynamic dimensions ({shape}); fix them "
                                  f"with --input-shape {inp.name}=" + ",".join(
                                      str(d.dim_value) if d.HasField("dim_value") else "1" for d in dims))
+            out[inp.name] = tuple(int(d.dim_value) for d in dims)
+    return out
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], where: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have the concrete shapes of :func:`resolve_input_shapes`
+    (the model itself when ``shapes`` is empty and every input is already static)."""
+    resolved = resolve_input_shapes(model, shapes, where)
+    if not shapes:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for inp in model.graph.input:
+        if inp.name in resolved:
+            tt = inp.type.tensor_type
+            tt.ClearField("shape")
+            tt.shape.SetInParent()
+            for w in resolved[inp.name]:
+                tt.shape.dim.add().dim_value = int(w)
     return model
 
 
@@ -383,13 +401,19 @@ def onnx_to_ir(model: onnx.ModelProto, where: str = "model") -> Graph:
                 raise ModelError(f"{where}: node {name!r} ({pn.op_type}) reads {iname!r}, which no node, "
                                  f"input or initializer provides (graph not topologically sorted?)")
             node.append_input(graph.values[iname])
-        for oname in pn.output:
-            if oname == "":
+        outs = list(pn.output)
+        while outs and outs[-1] == "":  # trailing omitted optional outputs
+            outs.pop()
+        for oname in outs:
+            omitted = oname == ""
+            if omitted:  # an omitted optional output in the middle: a placeholder value
                 oname = graph.unique_name(f"{name}_unused_out{len(node.outputs)}")
             if oname in graph.values:
                 raise ModelError(f"{where}: value {oname!r} is produced twice (node {name!r})")
             shape, et = _shape_of(infos[oname]) if oname in infos else (None, None)
             v = Value(oname, shape, et)
+            if omitted:
+                v.meta["omitted"] = True
             if oname in infos:
                 nt = _non_tensor_type(infos[oname])
                 if nt is not None:
@@ -432,7 +456,8 @@ def _node_proto(n: Node) -> onnx.NodeProto:
     from .ir import make_onnx_attribute
 
     proto = helper.make_node(n.op_type, [("" if v is None else v.name) for v in n.inputs],
-                             [o.name for o in n.outputs], name=n.name, domain=n.domain or None)
+                             [("" if o.meta.get("omitted") and not o.uses else o.name) for o in n.outputs],
+                             name=n.name, domain=n.domain or None)
     proto.attribute.extend(make_onnx_attribute(k, v, n.attr_types.get(k)) for k, v in n.attrs.items())
     return proto
 
@@ -460,8 +485,8 @@ def skeleton_model(graph: Graph, big: int = 4096) -> onnx.ModelProto:
             except Exception:
                 pass
         decl.append(_vi(v))
-    known = [_vi(o) for n in graph.nodes for o in n.outputs
-             if (o.shape is not None and o.elem_type) or o.meta.get("onnx_type") is not None]
+    known = [_vi(o) for n in graph.nodes for o in n.outputs if not o.meta.get("omitted") and
+             ((o.shape is not None and o.elem_type) or o.meta.get("onnx_type") is not None)]
     out_names = {o.name for o in graph.outputs}
     g = helper.make_graph([_node_proto(n) for n in graph.nodes], graph.name,
                           [_vi(v) for v in graph.inputs] + decl,
@@ -476,7 +501,8 @@ def skeleton_model(graph: Graph, big: int = 4096) -> onnx.ModelProto:
 def unknown_values(graph: Graph) -> list[Value]:
     """Node outputs without a concrete shape or element type (non-tensor values excluded)."""
     return [o for n in graph.nodes for o in n.outputs
-            if o.meta.get("onnx_type") is None and (o.shape is None or o.elem_type is None)]
+            if o.meta.get("onnx_type") is None and not o.meta.get("omitted")
+            and (o.shape is None or o.elem_type is None)]
 
 
 def infer_graph_shapes(graph: Graph, where: str = "model") -> int:
@@ -598,8 +624,11 @@ def load_model(src: str | Path | onnx.ModelProto,
     model = read_model(src) if not isinstance(src, onnx.ModelProto) else src
     where = where or (str(src) if not isinstance(src, onnx.ModelProto) else "model")
     model = prepare_model(model, where)
-    model = fix_input_shapes(model, input_shapes or {}, where)
+    shapes = resolve_input_shapes(model, input_shapes or {}, where)
     graph = onnx_to_ir(model, where)
+    for v in graph.inputs:
+        v.shape = shapes[v.name]
+    graph.model_meta["ir_version"] = max(model.ir_version, _min_ir_version(model.opset_import))
     normalize_contrib_qdq(graph)
     infer_graph_shapes(graph, where)
 
@@ -607,9 +636,10 @@ def load_model(src: str | Path | onnx.ModelProto,
         cleanup_graph(g, where=where)
 
     clean(graph)
-    canonicalize(graph, where)
-    clean(graph)
-    resolve_shapes(graph, where, clean)
+    resolve_shapes(graph, where, clean)   # canonicalization needs every shape
+    if canonicalize(graph, where):
+        clean(graph)
+        resolve_shapes(graph, where, clean)
     graph.topo_sort()
     mark_layers(graph, where=where)
     verify(graph)
@@ -640,9 +670,10 @@ def prequant_meta(w_int: np.ndarray, scale: np.ndarray, zero_point: np.ndarray |
     """Full-shape integer weight, scale and zero point (kept on the float weight's Value.meta)."""
     shape = w_int.shape
     zp = np.zeros((), np.int64) if zero_point is None else np.asarray(zero_point)
+    # scale and zero point stay broadcast views (no memory per weight element)
     return {"w_int": np.asarray(w_int),
-            "scale": np.ascontiguousarray(_expand_qparam(np.asarray(scale, np.float64), shape, axis, block_size)),
-            "zp": np.ascontiguousarray(_expand_qparam(zp.astype(np.int64), shape, axis, block_size))}
+            "scale": _expand_qparam(np.asarray(scale, np.float64), shape, axis, block_size),
+            "zp": _expand_qparam(zp.astype(np.int64), shape, axis, block_size)}
 
 
 def _layer_prequant(kind: str, W: np.ndarray, meta: dict, groups: int, attrs: dict) -> dict | None:
@@ -661,7 +692,7 @@ def _layer_prequant(kind: str, W: np.ndarray, meta: dict, groups: int, attrs: di
 def _transpose_meta(meta: dict | None, perm=None) -> dict | None:
     if meta is None:
         return None
-    return {k: np.ascontiguousarray(np.transpose(v, perm)) for k, v in meta.items()}
+    return {k: np.transpose(v, perm) for k, v in meta.items()}
 
 
 def _const(graph: Graph, name: str, arr: np.ndarray, prequant: dict | None = None) -> Value:
@@ -761,6 +792,12 @@ def _rewrite_qlinear(graph: Graph, node: Node) -> bool:
         x, w, xz, wz = ins[:4]
         xs = ws = ys = yz = B = None
     float_op, waxis = ("Conv", 0) if op in ("QLinearConv", "ConvInteger") else ("MatMul", -1)
+    left = False
+    if float_op == "MatMul" and (w is None or w.const is None) and x is not None and x.const is not None \
+            and x.const.ndim == 2 and w is not None:
+        # constant LEFT operand: it is the weight (per-row parameters), the right one the activation
+        x, xs, xz, w, ws, wz = w, ws, wz, x, xs, xz
+        left, waxis = True, 0
     y = node.outputs[0]
     # --- what we can rewrite: constant weight, per-tensor activation parameters
     if w is None or w.const is None or x is None or x.shape is None or y.shape is None:
@@ -792,7 +829,7 @@ def _rewrite_qlinear(graph: Graph, node: Node) -> bool:
     xf = graph.make_node("DequantizeLinear", dq_in, 1, name=base + "_dqx", shapes=[x.shape],
                          elem_types=[f_et], before=node).outputs[0]
     # --- float op
-    f_inputs = [xf, wv]
+    f_inputs = [wv, xf] if left else [xf, wv]
     if B is not None:
         xsc = float(np.asarray(xs.const, np.float64).reshape(-1)[0])
         wsc = np.broadcast_to(np.asarray(ws.const, np.float64).reshape(-1), (Wf.shape[0],))

@@ -256,6 +256,17 @@ class Graph:
             node.set_input(idx, new)
         self.outputs = [new if o is old else o for o in self.outputs]
 
+    def rename_value(self, value: Value, name: str) -> None:
+        """Give ``value`` a new name that no other value has (use lists are unaffected).
+        Used to keep a graph output's name when a pass removes the node that produced it."""
+        if name == value.name:
+            return
+        if name in self.values:
+            raise VerifyError(f"cannot rename {value.name!r} to {name!r}: the name is taken")
+        del self.values[value.name]
+        value.name = name
+        self.values[name] = value
+
     def consumers(self, value: Value) -> list[Node]:
         return [n for n, _ in value.uses]
 
@@ -360,8 +371,8 @@ def verify(graph: Graph) -> None:
             if graph.values.get(out.name) is not out:
                 raise VerifyError(f"output {out.name!r} of {node.name!r} is not in the graph")
             seen.add(id(out))
-            if out.meta.get("onnx_type") is not None:  # sequence / optional / map value
-                continue
+            if out.meta.get("onnx_type") is not None or out.meta.get("omitted"):
+                continue  # sequence / optional / map value, or an unnamed optional output
             if out.shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in out.shape):
                 raise VerifyError(f"output {out.name!r} of node {node.name!r} ({node.op_type}) has no "
                                   f"concrete shape: {out.shape}")
@@ -450,13 +461,19 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
                                          None if v.shape is None else list(v.shape))
 
 
+def is_omitted(v: Value, graph: Graph) -> bool:
+    """An optional output the model left unnamed (``""``) that nothing reads: exported as ``""``."""
+    return bool(v.meta.get("omitted")) and not v.uses and v not in graph.outputs
+
+
 def to_onnx(graph: Graph) -> onnx.ModelProto:
     """Export the graph as an ONNX model (weights as initializers, shapes as value_info)."""
     nodes = []
     for n in graph.nodes:
         attrs = [make_onnx_attribute(k, v, n.attr_types.get(k)) for k, v in n.attrs.items()]
         proto = helper.make_node(n.op_type, [("" if v is None else v.name) for v in n.inputs],
-                                 [o.name for o in n.outputs], name=n.name, domain=n.domain or None)
+                                 [("" if is_omitted(o, graph) else o.name) for o in n.outputs],
+                                 name=n.name, domain=n.domain or None)
         proto.attribute.extend(attrs)
         nodes.append(proto)
     sub_reads = implicit_reads(graph)
@@ -466,8 +483,8 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
     produced = [o for n in graph.nodes for o in n.outputs if o not in graph.outputs]
     g = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs], inits,
-                          value_info=[_value_info(v) for v in produced
-                                      if v.shape is not None or v.meta.get("onnx_type") is not None])
+                          value_info=[_value_info(v) for v in produced if not is_omitted(v, graph) and
+                                      (v.shape is not None or v.meta.get("onnx_type") is not None)])
     opsets = [helper.make_opsetid(d, ver) for d, ver in sorted(graph.opset_imports.items())]
     model = helper.make_model(g, opset_imports=opsets, producer_name="xbc")
     if "ir_version" in graph.model_meta:

@@ -114,20 +114,23 @@ def isaac_crossbars(layer) -> int:
 # ----------------------------------------------------------------------------------------
 
 def _l2(sizes: np.ndarray, cap: int) -> int:
-    """Martello-Toth L2 bound for 1-D bin packing of ``sizes`` into bins of ``cap``."""
+    """Martello-Toth L2 bound for 1-D bin packing of ``sizes`` into bins of ``cap``, all
+    thresholds ``k`` at once (sorted sizes and prefix sums)."""
     if sizes.size == 0:
         return 0
     s = np.sort(sizes.astype(np.int64))
-    best = int(-(-int(s.sum()) // cap))
-    ks = np.unique(np.concatenate(([0], s[s <= cap // 2])))
-    for k in ks.tolist():
-        j1 = s > cap - k
-        j2 = (s <= cap - k) & (2 * s > cap)
-        j3 = (2 * s <= cap) & (s >= k)
-        free2 = int(j2.sum()) * cap - int(s[j2].sum())
-        extra = max(0, -(-(int(s[j3].sum()) - free2) // cap))
-        best = max(best, int(j1.sum()) + int(j2.sum()) + extra)
-    return best
+    cs = np.concatenate(([0], np.cumsum(s)))
+    n = s.size
+    ks = np.unique(np.concatenate(([0], s[2 * s <= cap])))
+    half_hi = np.searchsorted(s, cap // 2, side="right")      # s[:half_hi] <= cap/2
+    a = np.searchsorted(s, cap - ks, side="right")            # s[a:] > cap - k   (J1)
+    j1 = n - a
+    j2n = np.maximum(a - half_hi, 0)                          # cap/2 < s <= cap - k (J2)
+    j2s = cs[np.maximum(a, half_hi)] - cs[half_hi]
+    lo = np.searchsorted(s, ks, side="left")                  # k <= s <= cap/2    (J3)
+    j3s = np.where(lo < half_hi, cs[half_hi] - cs[np.minimum(lo, half_hi)], 0)
+    extra = np.maximum(0, -(-(j3s - (j2n * cap - j2s)) // cap))
+    return int(max(-(-int(cs[-1]) // cap), int((j1 + j2n + extra).max())))
 
 
 def lower_bound(items: Sequence[tuple[int, int]], Rx: int, Cx: int) -> int:
@@ -154,76 +157,92 @@ def lower_bound(items: Sequence[tuple[int, int]], Rx: int, Cx: int) -> int:
 # ----------------------------------------------------------------------------------------
 
 class _Bins:
-    """Open bins: free rows / columns (numpy) and contents (item -> columns, in order)."""
+    """Open bins: free rows / columns (preallocated numpy) and contents (item -> columns)."""
 
-    def __init__(self, Rx: int, Cx: int):
+    def __init__(self, Rx: int, Cx: int, capacity: int):
         self.Rx, self.Cx = Rx, Cx
-        self.fr = np.zeros(0, np.int64)
-        self.fc = np.zeros(0, np.int64)
+        self.n = 0
+        self.fr = np.zeros(max(capacity, 1), np.int64)
+        self.fc = np.zeros(max(capacity, 1), np.int64)
         self.content: list[dict[int, int]] = []
+        self.where: dict[int, list[int]] = {}   # item -> bins holding it
 
     def copy(self) -> "_Bins":
-        b = _Bins(self.Rx, self.Cx)
-        b.fr, b.fc = self.fr.copy(), self.fc.copy()
+        b = _Bins(self.Rx, self.Cx, 0)
+        b.n, b.fr, b.fc = self.n, self.fr.copy(), self.fc.copy()
         b.content = [dict(d) for d in self.content]
+        b.where = {k: list(v) for k, v in self.where.items()}
         return b
 
     def open(self) -> int:
-        self.fr = np.append(self.fr, self.Rx)
-        self.fc = np.append(self.fc, self.Cx)
+        if self.n == len(self.fr):
+            self.fr = np.concatenate((self.fr, np.zeros(len(self.fr), np.int64)))
+            self.fc = np.concatenate((self.fc, np.zeros(len(self.fc), np.int64)))
+        self.fr[self.n] = self.Rx
+        self.fc[self.n] = self.Cx
         self.content.append({})
-        return len(self.content) - 1
+        self.n += 1
+        return self.n - 1
 
     def put(self, b: int, item: int, r: int, n: int) -> None:
         d = self.content[b]
         if item not in d:
             self.fr[b] -= r
             d[item] = 0
+            self.where.setdefault(item, []).append(b)
         d[item] += n
         self.fc[b] -= n
 
     def remove(self, b: int) -> None:
-        self.fr = np.delete(self.fr, b)
-        self.fc = np.delete(self.fc, b)
+        keep = np.ones(self.n, bool)
+        keep[b] = False
+        self.fr = np.concatenate((self.fr[:self.n][keep], np.zeros(len(self.fr) - self.n + 1, np.int64)))
+        self.fc = np.concatenate((self.fc[:self.n][keep], np.zeros(len(self.fc) - self.n + 1, np.int64)))
         del self.content[b]
+        self.n -= 1
+        self.where = {}
+        for k, d in enumerate(self.content):
+            for i in d:
+                self.where.setdefault(i, []).append(k)
 
     def place(self, item: int, r: int, n: int, split: bool, exclude: int = -1,
               allow_open: bool = True) -> bool:
         """Place ``n`` columns of ``item``; False if impossible without opening (allow_open=False)."""
         rem = n
-        # bins already holding the item take more columns without more rows
-        has = np.fromiter((item in d for d in self.content), bool, len(self.content))
         while rem > 0:
-            nb = len(self.content)
+            nb = self.n
             if nb:
-                if len(has) < nb:
-                    has = np.concatenate((has, np.zeros(nb - len(has), bool)))
-                need = np.where(has, 0, r)
-                ok = (self.fr >= need) & (self.fc > 0)
+                fr, fc = self.fr[:nb], self.fc[:nb]
+                need = np.full(nb, r, np.int64)
+                own_bins = self.where.get(item, ())
+                if own_bins:
+                    need[own_bins] = 0  # bins already holding the item: more columns, no more rows
+                ok = (fr >= need) & (fc > 0)
                 if exclude >= 0:
                     ok[exclude] = False
-                own = ok & has
-                if own.any():
-                    b = int(np.flatnonzero(own)[np.argmax(self.fc[own])])
-                    k = min(rem, int(self.fc[b]))
-                    self.put(b, item, r, k)
-                    rem -= k
-                    continue
-                whole = ok & (self.fc >= rem)
+                if own_bins:
+                    own = np.zeros(nb, bool)
+                    own[own_bins] = True
+                    own &= ok
+                    if own.any():
+                        b = int(np.flatnonzero(own)[np.argmax(fc[own])])
+                        k = min(rem, int(fc[b]))
+                        self.put(b, item, r, k)
+                        rem -= k
+                        continue
+                whole = ok & (fc >= rem)
                 if whole.any():
                     idx = np.flatnonzero(whole)
-                    slack = (self.fc[idx] - rem) / self.Cx + (self.fr[idx] - r) / self.Rx
+                    slack = (fc[idx] - rem) / self.Cx + (fr[idx] - r) / self.Rx
                     b = int(idx[np.argmin(slack)])
                     self.put(b, item, r, rem)
-                    has[b] = True
                     rem = 0
                     continue
                 if split and ok.any():
                     idx = np.flatnonzero(ok)
-                    b = int(idx[np.lexsort((self.fr[idx], -self.fc[idx]))[0]])
-                    k = int(self.fc[b])
+                    b = int(idx[np.lexsort((fr[idx], -fc[idx]))[0]])
+                    k = int(fc[b])
                     self.put(b, item, r, k)
-                    has[b] = True
                     rem -= k
                     continue
             if not allow_open:
@@ -231,26 +250,29 @@ class _Bins:
             b = self.open()
             k = min(rem, self.Cx)
             self.put(b, item, r, k)
-            has = np.concatenate((has, [True]))
             rem -= k
         return True
 
 
 def _greedy(order, items, Rx, Cx, split: bool) -> _Bins:
-    bins = _Bins(Rx, Cx)
+    bins = _Bins(Rx, Cx, sum(-(-items[i][1] // Cx) for i in order))
     for i in order:
         r, c = items[i]
         bins.place(i, r, c, split)
     return bins
 
 
-def _repair(bins: _Bins, items, lb: int) -> _Bins:
-    """Try to empty bins (least filled first) by moving their pieces elsewhere."""
+def _repair(bins: _Bins, items, lb: int, budget: int = 400) -> _Bins:
+    """Try to empty bins (least filled first) by moving their pieces elsewhere (at most
+    ``budget`` attempts)."""
     improved = True
-    while improved and len(bins.content) > lb:
+    while improved and bins.n > lb:
         improved = False
-        used = bins.Cx - bins.fc
+        used = bins.Cx - bins.fc[:bins.n]
         for b in np.argsort(used, kind="stable").tolist():
+            budget -= 1
+            if budget < 0:
+                return bins
             trial = bins.copy()
             ok = True
             for item, n in bins.content[b].items():
@@ -414,3 +436,85 @@ def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int
         placements.append(plc)
     assert all(nxt[i] == items[i][1] for i in range(len(items)))
     return placements, lb, method, status
+
+
+# ----------------------------------------------------------------------------------------
+# vectorized program builder
+# ----------------------------------------------------------------------------------------
+
+def build_program(segments, placements, Rx: int, Cx: int, offset: int = 0, fill=None):
+    """Same result and checks as :func:`xbc.layer.assemble_program`, vectorized.
+
+    Metadata (row and column tables) and the overlap checks are computed with whole-array
+    operations; only the cell block copies loop over placed pieces (one slice assignment each),
+    so tens of thousands of pieces take a fraction of a second. ``fill(cells, flat)``, when
+    given, writes the cells instead (``flat`` lists ``(x, segment, row0, col0, c_from, c_to)``);
+    it lets squeeze copy straight from its sources without materializing each piece first.
+    """
+    from .errors import VerifyError
+    from .layer import empty_program
+
+    X = len(placements)
+    prog = empty_program(Rx, Cx)
+    flat = [(x, s, r0, c0, a, b) for x, items in enumerate(placements) for (s, r0, c0, a, b) in items]
+    cells = np.zeros((X, Rx, Cx), np.uint8)
+    rg = np.full((X, Rx), -1, np.int32)
+    ri = np.full((X, Rx), -1, np.int32)
+    cg = np.full((X, Cx), -1, np.int32)
+    ci = np.full((X, Cx), -1, np.int32)
+    cs = np.zeros((X, Cx), np.int32)
+    sg = np.zeros((X, Cx), np.int8)
+    if flat:
+        A = np.asarray([(x, s, r0, c0, a, b, len(segments[s].rows), segments[s].group)
+                        for x, s, r0, c0, a, b in flat], dtype=np.int64)
+        x, sidx, r0, c0, a, b, r, grp = A.T
+        n = b - a
+        bad = np.flatnonzero((r0 + r > Rx) | (c0 + n > Cx) | (r0 < 0) | (c0 < 0) | (n < 0))
+        if bad.size:
+            k = int(bad[0])
+            raise VerifyError(f"segment {int(sidx[k])} does not fit crossbar {int(x[k])} at "
+                              f"({int(r0[k])},{int(c0[k])})")
+
+        def expand(start, length):
+            tot = int(length.sum())
+            first = np.repeat(np.cumsum(length) - length, length)
+            return np.repeat(start, length) + (np.arange(tot) - first)
+
+        # columns: each physical column at most once
+        jx = np.repeat(x, n)
+        jj = expand(c0, n)
+        key = jx * Cx + jj
+        use = np.bincount(key, minlength=X * Cx)
+        if use.size and use.max() > 1:
+            dup = int(np.argmax(use > 1))
+            raise VerifyError(f"crossbar {dup // Cx}: column {dup % Cx} used twice")
+        cg[jx, jj] = np.repeat(grp, n)
+        ci[jx, jj] = np.concatenate([segments[s].col_index[u:v] for _, s, _, _, u, v in flat])
+        cs[jx, jj] = np.concatenate([segments[s].col_shift[u:v] for _, s, _, _, u, v in flat])
+        sg[jx, jj] = np.concatenate([segments[s].col_sign[u:v] for _, s, _, _, u, v in flat])
+        # rows: a physical row may be shared only by the same (group, matrix row)
+        ix = np.repeat(x, r)
+        ii = expand(r0, r)
+        vg = np.repeat(grp, r)
+        vi = np.concatenate([np.asarray(segments[s].rows) for _, s, _, _, _, _ in flat])
+        key = ix * Rx + ii
+        use = np.bincount(key, minlength=X * Rx)
+        if use.size and use.max() > 1:  # shared physical rows must carry the same matrix row
+            order = np.argsort(key, kind="stable")
+            ks, gs, is_ = key[order], vg[order], vi[order]
+            bad = (ks[1:] == ks[:-1]) & ((gs[1:] != gs[:-1]) | (is_[1:] != is_[:-1]))
+            if bad.any():
+                k = int(ks[1:][bad][0])
+                raise VerifyError(f"crossbar {k // Rx}: row {k % Rx} used twice")
+        rg[ix, ii] = vg
+        ri[ix, ii] = vi
+    if fill is not None:
+        fill(cells, flat)
+    else:
+        for xx, s, rr0, cc0, u, v in flat:
+            seg = segments[s]
+            cells[xx, rr0:rr0 + len(seg.rows), cc0:cc0 + v - u] = seg.cells[:, u:v]
+    prog.cells, prog.row_group, prog.row_index = cells, rg, ri
+    prog.col_group, prog.col_index, prog.col_shift, prog.col_sign = cg, ci, cs, sg
+    prog.offset = offset
+    return prog

@@ -48,7 +48,7 @@ Constraints:
   loses nothing for the tile and split terms, and for traffic it restricts the search to
   prefixes of the compact order);
 * valid cuts: ``sum_k u[k] >= ceil(N / C)``, ``ceil(sum a / A)``; ``sum_k y[l,k] >= ceil(n_l / C)``;
-* ``keep_whole`` (MARS default): a layer whose crossbars fit one tile sits on one tile,
+* ``keep_whole`` (MARS default): a layer whose crossbars and ADC sets fit one tile sits on one tile,
   ``sum_k y[l,k] = 1``, so its partial sums accumulate inside one core;
 * boxes: ``y[l,k] => rmin_l <= row_k <= rmax_l  and  cmin_l <= col_k <= cmax_l``;
   ``dr_e >= rmax_m - rmin_l``, ``dr_e >= rmax_l - rmin_m`` and the same for columns, so
@@ -66,24 +66,48 @@ With the weights left to ``None`` they are chosen to make the order strict: ``w_
 ``SPmax`` bound the traffic and split terms. Fewest tiles first, then fewest layers split over
 tiles, then least traffic.
 
+Band (option ``window``)
+------------------------
+With ``window = w > 0`` layer ``l`` may only use candidate tiles within ``w`` positions of the
+tiles the greedy (topological, first-fit) layout gives it. This keeps the model linear in the
+number of layers (synthetic ResNet-50, stage 1: 597 instead of 4 905 variables) and keeps producers and
+consumers near each other; the model is exact when ``2w + 1 >= K``. ``"restricted": true`` in the
+report says the band was active; the reported ``bound`` is then the restriction-free bound
+(``ceil(N / C)`` tiles, ``sum_l ceil(n_l / C) - 1`` splits, no traffic), never the band's.
+
 Solving and determinism
 -----------------------
-The greedy placement is always computed and given to CP-SAT as a hint. CP-SAT runs with
-``num_workers = workers``, ``random_seed = seed`` and, by default (``deterministic``),
-``interleave_search`` (its deterministic parallel mode, independent of the number of workers)
-stopped by ``max_deterministic_time = time_limit`` (CP-SAT's deterministic time unit is about a
-second); a wall-clock cap of ``4 * time_limit + 10`` s stays as a safety net and, if it is what
-stopped the search, the report says ``"deterministic": false``. The better of the CP-SAT
-solution and greedy, both scored by :func:`evaluate` on the same objective, is returned, so
-CP-SAT is never worse than greedy.
+The greedy placement is always computed and hints CP-SAT (a complete hint, boxes included).
+With lexicographic weights CP-SAT runs in two stages on well-scaled objectives: ``split``
+minimizes ``W1 * tiles + split`` (``W1 = SPmax + 1``, no traffic variables) with half the budget;
+``traffic`` adds ``W1 * tiles + split <= stage-1 value`` and minimizes traffic with the rest,
+hinted by stage 1. Because ``w_tiles = w_split * W1`` the two stages optimize exactly the
+weighted objective, and a stage-1 bound ``B1`` gives the valid bound ``w_split * B1``. Explicit
+weights give one weighted stage (``all``).
 
-Greedy (:func:`greedy`)
------------------------
+CP-SAT runs with ``num_workers = workers``, ``random_seed = seed`` and, by default
+(``deterministic``), stops at ``max_deterministic_time`` (the ``time_limit`` budget, in CP-SAT's
+deterministic seconds: about a wall second on an idle modern core, 5-10 wall seconds on a loaded
+shared VM); one worker is sequential and reproducible, more workers use ``interleave_search``
+(CP-SAT's deterministic parallel mode, independent of the number of workers). A wall-clock cap of
+``10 * budget + 10`` s stays as a safety net; if it is what stopped a stage the report says
+``"deterministic": false``. With ``deterministic = False`` ``time_limit`` is wall seconds and
+parallel workers run freely. The best of greedy and the CP-SAT stages, all scored by
+:func:`evaluate` on the same objective, is returned, so CP-SAT is never worse than greedy.
+
+Greedy (:func:`greedy`) and the contiguous DP (:func:`contiguous`)
+------------------------------------------------------------------
 First fit in topological order over the compact tile order: a layer that must stay whole goes to
 the first tile with room for all of it (capacity and ADC sets); any other layer fills the first
 tiles with room, splitting as needed, taking crossbars with fewer ADC sets first. Always
 feasible when the crossbars fit the chip and no layer must stay whole; it fails only when
 ``keep_whole`` layers cannot be packed, in which case CP-SAT searches every chip tile.
+Its objective is reported as ``greedy_objective``.
+
+Where ADC sets cannot bind and no layer must stay whole (ReRAM targets), an exact dynamic
+program also finds the order-preserving layout on ``ceil(N / C)`` tiles with the fewest splits
+(empty slots placed before layers so they start on tile boundaries; see :func:`contiguous`). The
+better of the two starts CP-SAT (hint and band centre) and is the fallback.
 
 Weight duplication (:func:`duplicate`)
 --------------------------------------
@@ -94,10 +118,13 @@ of its crossbars the positions are shared out, so its stage latency is
 ``T_l = ceil(P_l / r_l) * dac_cycles * B_l`` crossbar activation cycles and the pipeline runs at
 ``max_l T_l``. A copy costs ``n_l`` crossbars and ``sum_i a_li`` ADC sets. Greedy: give a copy to
 the current bottleneck while the budget (free crossbars and ADC sets on ``dup_tiles`` tiles,
-default the tiles the undu­plicated placement needs) allows; stop when the bottleneck cannot get
-one. Incrementing the bottleneck is optimal for ``min max_l T_l`` (to lower the maximum the
+default the tiles the unduplicated placement needs) allows; stop when the bottleneck cannot get
+one. For that crossbar / ADC-set budget, incrementing the bottleneck is optimal for
+``min max_l T_l`` (to lower the maximum the
 bottleneck must get a copy, and the copies needed for a target latency are monotone), and a
-final pass takes back copies that do not lower the maximum. Copies are placed like extra
+final pass takes back copies that do not lower the maximum; if the greedy placement cannot pack
+the copies into the budget tiles (``keep_whole``, ADC sets), copies of the least critical
+layers are taken back until it can. Copies are placed like extra
 crossbars of their layer: the first ``n_l`` crossbars in the slot assignment are the primary copy.
 """
 
@@ -172,7 +199,7 @@ class Instance:
 
 @dataclass(frozen=True)
 class Options:
-    time_limit: float = 10.0        # CP-SAT limit, deterministic seconds when deterministic
+    time_limit: float = 2.0         # CP-SAT budget: deterministic seconds (wall seconds if not deterministic)
     seed: int = 0
     workers: int = 1
     w_tiles: int | None = None
@@ -180,6 +207,7 @@ class Options:
     w_traffic: int | None = None
     greedy_only: bool = False
     deterministic: bool = True
+    window: int = 2                 # band half-width in candidate tiles (0: every layer on every tile)
 
 
 @dataclass
@@ -274,7 +302,9 @@ def auto_weights(inst: Instance, order: np.ndarray, opts: Options) -> tuple[int,
 # ----------------------------------------------------------------------------------------
 
 def _must_stay_whole(inst: Instance, ly: LayerDemand) -> bool:
-    return inst.keep_whole and 0 < ly.total <= inst.capacity
+    """keep_whole applies to a layer (with its copies) that fits one tile: crossbars and ADC sets."""
+    return (inst.keep_whole and 0 < ly.total <= inst.capacity
+            and int(ly.adc_array().sum()) * ly.copies <= inst.adcs_per_tile)
 
 
 def greedy(inst: Instance, order: np.ndarray | None = None) -> Solution | None:
@@ -317,6 +347,61 @@ def greedy(inst: Instance, order: np.ndarray | None = None) -> Solution | None:
     used = np.nonzero(free < inst.capacity)[0]
     K = int(used.max()) + 1 if used.size else 0
     return Solution(order=np.asarray(order[:K]), counts=[c[:, :K] for c in counts])
+
+
+def contiguous(inst: Instance, order: np.ndarray | None = None) -> Solution | None:
+    """Fewest splits among order-preserving layouts on ``ceil(N / C)`` tiles (exact DP).
+
+    Layers are laid out one after the other along the candidate order (as first-fit does), but
+    up to ``S = K*C - N`` slots may be left empty before any layer so that it starts on a tile
+    boundary instead of being split. ``best_i[w]`` = fewest splits of layers ``< i`` having used
+    ``w`` empty slots; layer ``i`` starting at position ``p = prefix_i + w`` spans
+    ``(p + n_i - 1) // C - p // C`` tile boundaries; ``best_{i+1}[w] = min_{v <= w} best_i[v] +
+    splits_i(w)``. O(L * S). Layers stay contiguous and in topological order, so traffic stays
+    as low as first-fit's. Only for instances where ADC sets cannot bind and no layer must stay
+    whole (``None`` otherwise).
+    """
+    C = inst.capacity
+    if inst.keep_whole or inst.total == 0:
+        return None
+    if max(int(ly.adc_array().max()) for ly in inst.layers if ly.total) * C > inst.adcs_per_tile:
+        return None
+    n = np.array([ly.total for ly in inst.layers], np.int64)
+    K = math.ceil(int(n.sum()) / C)
+    if order is None:
+        order = tile_order(inst.tiles, inst.mesh_cols, K)
+    if K > len(order):
+        return None
+    S = K * C - int(n.sum())
+    pre = np.concatenate([[0], np.cumsum(n)])
+    w = np.arange(S + 1, dtype=np.int64)
+    best = np.where(w == 0, 0, np.iinfo(np.int64).max // 4)
+    back = []
+    for i in range(len(n)):
+        run_min = np.minimum.accumulate(best)
+        # earliest v <= w reaching the running minimum (least waste on ties)
+        is_new = np.concatenate([[True], run_min[1:] < run_min[:-1]])
+        arg = np.maximum.accumulate(np.where(is_new, w, 0))
+        pos = pre[i] + w
+        sp = (pos + n[i] - 1) // C - pos // C if n[i] > 0 else np.zeros_like(w)
+        best = run_min + sp
+        back.append(arg)
+    wi = int(np.argmin(best))
+    start = np.zeros(len(n), np.int64)
+    for i in range(len(n) - 1, -1, -1):
+        start[i] = pre[i] + wi
+        wi = int(back[i][wi])
+    counts = []
+    for ly, st in zip(inst.layers, start.tolist()):
+        vals, cnt = ly.classes()
+        c = np.zeros((len(vals), K), np.int64)
+        if ly.total:
+            # positions st .. st+n-1, classes in order
+            cls = np.repeat(np.arange(len(vals)), cnt)
+            tiles = (st + np.arange(ly.total)) // C
+            np.add.at(c, (cls, tiles), 1)
+        counts.append(c)
+    return Solution(order=np.asarray(order[:K]), counts=counts)
 
 
 def evaluate(inst: Instance, sol: Solution, weights: tuple[int, int, int]) -> dict[str, int]:
@@ -363,14 +448,35 @@ def check_solution(inst: Instance, sol: Solution) -> None:
 # CP-SAT model
 # ----------------------------------------------------------------------------------------
 
+def band(inst: Instance, sol: Solution, K: int, window: int) -> list[np.ndarray]:
+    """Candidate tiles each layer may use: within ``window`` positions of the tiles it has in
+    ``sol`` (all ``K`` tiles when ``window <= 0`` or the band would cover them anyway)."""
+    out = []
+    X = sol.per_layer()
+    for l in range(len(inst.layers)):
+        if window <= 0 or X.size == 0 or 2 * window + 1 >= K:
+            out.append(np.arange(K))
+            continue
+        ks = np.nonzero(X[l] > 0)[0]
+        if ks.size == 0:
+            out.append(np.arange(K))
+            continue
+        out.append(np.arange(max(0, int(ks.min()) - window), min(K, int(ks.max()) + window + 1)))
+    return out
+
+
 def build_model(inst: Instance, opts: Options | None = None, order: np.ndarray | None = None,
-                hint: Solution | None = None, stage: str = "all", limit: int | None = None):
+                hint: Solution | None = None, stage: str = "all", limit: int | None = None,
+                allowed: list[np.ndarray] | None = None):
     """Build the CP-SAT model of the module docstring over candidate tiles ``order``.
 
-    ``order`` defaults to the tiles the greedy placement uses (all chip tiles if greedy fails).
-    Returns ``(model, vars)`` with ``vars`` holding ``x`` ({(l, j, k): IntVar}), ``y``, ``u``,
-    ``dist`` (per edge), ``terms`` (linear expressions tiles/split/traffic), ``weights`` and
-    ``order``.
+    ``order`` defaults to the tiles the greedy placement uses (all chip tiles if greedy fails);
+    ``allowed[l]`` optionally restricts layer ``l`` to some candidate indices (see :func:`band`).
+    ``stage``: ``"all"`` minimizes the weighted objective; ``"split"`` minimizes
+    ``W1 * tiles + split`` (no traffic variables); ``"traffic"`` adds ``W1 * tiles + split <=
+    limit`` and minimizes traffic. Returns ``(model, vars)`` with ``vars`` holding ``x``
+    ({(l, j, k): IntVar}), ``y`` ({(l, k): BoolVar}), ``u``, ``dist`` (per edge),
+    ``terms`` (linear expressions tiles / split / traffic), ``weights``, ``order``.
     """
     from ortools.sat.python import cp_model  # noqa: PLC0415
 
@@ -388,19 +494,21 @@ def build_model(inst: Instance, opts: Options | None = None, order: np.ndarray |
     x: dict[tuple[int, int, int], Any] = {}
     y: dict[tuple[int, int], Any] = {}
     u = [m.new_bool_var(f"u{k}") for k in range(K)]
-    tile_load = [[] for _ in range(K)]
-    tile_adc = [[] for _ in range(K)]
+    tile_load: list[list] = [[] for _ in range(K)]
+    tile_adc: list[list] = [[] for _ in range(K)]
     adc_binds = False
-    layers = []
+    classes = []
+    ks_of = []
     for l, ly in enumerate(inst.layers):
         vals, cnt = ly.classes()
+        classes.append((vals, cnt))
+        ks = np.arange(K) if allowed is None else np.asarray(allowed[l])
+        ks_of.append(ks)
         if ly.total == 0:
-            layers.append((vals, cnt))
             continue
-        layers.append((vals, cnt))
         adc_binds |= int(vals.max()) * C > A
         cap_l = min(ly.total, C)
-        for k in range(K):
+        for k in ks.tolist():
             y[l, k] = m.new_bool_var(f"y{l}_{k}")
             xs = []
             for j in range(len(vals)):
@@ -413,8 +521,8 @@ def build_model(inst: Instance, opts: Options | None = None, order: np.ndarray |
             m.add(sum(xs) >= y[l, k])
             m.add_implication(y[l, k], u[k])
         for j in range(len(vals)):
-            m.add(sum(x[l, j, k] for k in range(K)) == int(cnt[j]))
-        ys = [y[l, k] for k in range(K)]
+            m.add(sum(x[l, j, k] for k in ks.tolist()) == int(cnt[j]))
+        ys = [y[l, k] for k in ks.tolist()]
         if _must_stay_whole(inst, ly):
             m.add(sum(ys) == 1)
         else:
@@ -424,33 +532,38 @@ def build_model(inst: Instance, opts: Options | None = None, order: np.ndarray |
             m.add(sum(tile_load[k]) <= C * u[k])
             if adc_binds:
                 m.add(sum(tile_adc[k]) <= A * u[k])
+        else:
+            m.add(u[k] == 0)
         if k + 1 < K:
             m.add(u[k] >= u[k + 1])
-    lb = lower_bound_tiles(inst)
     if K:
-        m.add(sum(u) >= lb)
+        m.add(sum(u) >= lower_bound_tiles(inst))
     # traffic: bounding boxes and per-edge hop distances
     edges = [(a, b, int(w)) for a, b, w in inst.edges
              if w > 0 and inst.layers[a].total > 0 and inst.layers[b].total > 0]
     dist = []
+    box: dict[int, tuple] = {}
     if wr > 0 and edges and K and stage != "split":
-        r0, r1, c0, c1 = int(rr.min()), int(rr.max()), int(cc.min()), int(cc.max())
-        box = {}
         for l in sorted({a for a, _, _ in edges} | {b for _, b, _ in edges}):
+            ks = ks_of[l]
+            r0, r1 = int(rr[ks].min()), int(rr[ks].max())
+            c0, c1 = int(cc[ks].min()), int(cc[ks].max())
             rmin, rmax = m.new_int_var(r0, r1, f"rmin{l}"), m.new_int_var(r0, r1, f"rmax{l}")
             cmin, cmax = m.new_int_var(c0, c1, f"cmin{l}"), m.new_int_var(c0, c1, f"cmax{l}")
             m.add(rmin <= rmax)
             m.add(cmin <= cmax)
-            for k in range(K):
+            for k in ks.tolist():
                 m.add(rmin <= int(rr[k])).only_enforce_if(y[l, k])
                 m.add(rmax >= int(rr[k])).only_enforce_if(y[l, k])
                 m.add(cmin <= int(cc[k])).only_enforce_if(y[l, k])
                 m.add(cmax >= int(cc[k])).only_enforce_if(y[l, k])
             box[l] = (rmin, rmax, cmin, cmax)
+        R = int(rr.max() - rr.min())
+        Cc = int(cc.max() - cc.min())
         for e, (a, b, w) in enumerate(edges):
             A_, B_ = box[a], box[b]
-            dr = m.new_int_var(0, r1 - r0, f"dr{e}")
-            dc = m.new_int_var(0, c1 - c0, f"dc{e}")
+            dr = m.new_int_var(0, R, f"dr{e}")
+            dc = m.new_int_var(0, Cc, f"dc{e}")
             m.add(dr >= B_[1] - A_[0])
             m.add(dr >= A_[1] - B_[0])
             m.add(dc >= B_[3] - A_[2])
@@ -472,32 +585,87 @@ def build_model(inst: Instance, opts: Options | None = None, order: np.ndarray |
     else:
         raise ValueError(f"unknown stage {stage!r}")
     if hint is not None and len(hint.order) <= K and np.array_equal(hint.order, order[:len(hint.order)]):
-        _add_hint(m, inst, hint, x, y, u, K)
-    return m, {"x": x, "y": y, "u": u, "dist": dist, "order": order, "weights": weights,
+        _add_hint(m, inst, hint, x, y, u, K, box, dist)
+    return m, {"x": x, "y": y, "u": u, "dist": dist, "box": box, "order": order, "weights": weights,
                "terms": {"tiles": t_tiles, "split": t_split, "traffic": t_traffic},
-               "classes": layers}
+               "classes": classes, "allowed": ks_of, "w1": w1}
 
 
-def _add_hint(m, inst: Instance, sol: Solution, x, y, u, K: int) -> None:
+def _add_hint(m, inst: Instance, sol: Solution, x, y, u, K: int, box=None, dist=None) -> None:
+    """Hint every variable from ``sol``, including boxes and hop distances (a complete hint)."""
     Kh = len(sol.order)
-    for l, c in enumerate(sol.counts):
-        if inst.layers[l].total == 0:
-            continue
-        for k in range(K):
-            tot = int(c[:, k].sum()) if k < Kh else 0
-            m.add_hint(y[l, k], tot > 0)
-            for j in range(c.shape[0]):
-                m.add_hint(x[l, j, k], int(c[j, k]) if k < Kh else 0)
+    for (l, k), yv in y.items():
+        c = sol.counts[l]
+        tot = int(c[:, k].sum()) if k < Kh else 0
+        m.add_hint(yv, tot > 0)
+        for j in range(c.shape[0]):
+            m.add_hint(x[l, j, k], int(c[j, k]) if k < Kh else 0)
     X = sol.per_layer()
     for k in range(K):
         m.add_hint(u[k], bool(k < Kh and X[:, k].sum() > 0))
+    if box:
+        rr, cc = coords(sol.order, inst.mesh_cols)
+        bx = {}
+        for l, (rmin, rmax, cmin, cmax) in box.items():
+            p = X[l] > 0
+            bx[l] = (int(rr[p].min()), int(rr[p].max()), int(cc[p].min()), int(cc[p].max()))
+            for var, val in zip((rmin, rmax, cmin, cmax), bx[l]):
+                m.add_hint(var, val)
+        for a, b, _, dr, dc in dist or ():
+            A_, B_ = bx[a], bx[b]
+            m.add_hint(dr, max(B_[1] - A_[0], A_[1] - B_[0]))
+            m.add_hint(dc, max(B_[3] - A_[2], A_[3] - B_[2]))
 
 
 _STATUS = {0: "UNKNOWN", 1: "MODEL_INVALID", 2: "FEASIBLE", 3: "INFEASIBLE", 4: "OPTIMAL"}
 
 
+def _pad(sol: Solution, order: np.ndarray) -> Solution:
+    K = len(order)
+    return Solution(order=order, counts=[np.pad(c, ((0, 0), (0, K - c.shape[1]))) for c in sol.counts])
+
+
+def _run(model, opts: Options, budget: float):
+    """Solve with the determinism settings of the module docstring; returns (solver, status, info)."""
+    from ortools.sat.python import cp_model  # noqa: PLC0415
+
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.num_workers = max(1, int(opts.workers))
+    p.random_seed = int(opts.seed)
+    wall_cap = WALL_FACTOR * budget + 10.0 if opts.deterministic else budget
+    if opts.deterministic:
+        if p.num_workers > 1:
+            p.interleave_search = True
+        p.max_deterministic_time = max(1e-3, budget)
+    p.max_time_in_seconds = max(1e-3, wall_cap)
+    ts = time.perf_counter()
+    st = solver.solve(model)
+    wall = time.perf_counter() - ts
+    done = st in (cp_model.OPTIMAL, cp_model.INFEASIBLE)
+    info = {"status": _STATUS.get(int(st), str(st)), "seconds": round(wall, 3),
+            "deterministic_time": round(solver.deterministic_time, 3),
+            "wall_capped": bool(not done and wall >= 0.98 * wall_cap and solver.deterministic_time < 0.98 * budget),
+            "variables": len(model.proto.variables), "constraints": len(model.proto.constraints)}
+    if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        info["objective"] = int(round(solver.objective_value))
+    if math.isfinite(solver.best_objective_bound):
+        info["bound"] = int(math.ceil(solver.best_objective_bound - 1e-6))
+    return solver, st, info
+
+
+WALL_FACTOR = 10.0   # wall-clock safety cap = WALL_FACTOR * deterministic budget + 10 s
+
+
 def solve(inst: Instance, opts: Options | None = None) -> tuple[Solution, dict[str, Any]]:
-    """Greedy, then CP-SAT (unless ``greedy_only``); returns the better solution and a report."""
+    """Greedy, then CP-SAT (unless ``greedy_only``); returns the better solution and a report.
+
+    With lexicographic (default) weights CP-SAT runs in two stages, each on a well-scaled
+    objective: ``split`` minimizes ``W1 * tiles + split`` (no traffic variables), then
+    ``traffic`` minimizes traffic subject to ``W1 * tiles + split <=`` the stage-1 value, hinted
+    with the stage-1 solution. Explicit weights give one weighted stage ``all``. Stage 1 gets
+    half the budget, stage 2 the rest.
+    """
     from ortools.sat.python import cp_model  # noqa: PLC0415
 
     opts = opts or Options()
@@ -507,71 +675,107 @@ def solve(inst: Instance, opts: Options | None = None) -> tuple[Solution, dict[s
     full = tile_order(inst.tiles, inst.mesh_cols, lb)
     g = greedy(inst, full)
     order = g.order if g is not None else full
+    K = len(order)
     weights = auto_weights(inst, order, opts)
+    wt, ws, wr = weights
+    lexi = opts.w_tiles is None and opts.w_split is None and opts.w_traffic is None
     g_eval = evaluate(inst, g, weights) if g is not None else None
     report: dict[str, Any] = {
-        "status": "NOT_RUN", "method": "greedy", "weights": {"tiles": weights[0], "split": weights[1],
-                                                              "traffic": weights[2]},
+        "status": "NOT_RUN", "method": "greedy",
+        "weights": {"tiles": wt, "split": ws, "traffic": wr},
         "greedy_objective": None if g_eval is None else g_eval["objective"],
-        "candidates": int(len(order)), "deterministic": True,
+        "candidates": int(K), "window": int(opts.window), "deterministic": True, "stages": [],
     }
     best, best_eval = g, g_eval
+    h = contiguous(inst, order) if g is not None and len(order) == lb else None
+    if h is not None:
+        h_eval = evaluate(inst, h, weights)
+        report["contiguous_objective"] = h_eval["objective"]
+        if h_eval["objective"] < g_eval["objective"]:
+            best, best_eval = h, h_eval
+            report["method"] = "contiguous"
     bound = _trivial_bound(inst, weights)
     if not opts.greedy_only and inst.total > 0:
-        model, v = build_model(inst, opts, order=order, hint=g)
-        solver = cp_model.CpSolver()
-        p = solver.parameters
-        p.num_workers = max(1, int(opts.workers))
-        p.random_seed = int(opts.seed)
-        if opts.deterministic:
-            p.interleave_search = True
-            p.max_deterministic_time = float(opts.time_limit)
-            p.max_time_in_seconds = 4.0 * float(opts.time_limit) + 10.0
+        allowed = band(inst, best, K, opts.window) if best is not None else None
+        restricted = allowed is not None and any(len(a) < K for a in allowed)
+        report["restricted"] = restricted
+        hint = _pad(best, order) if best is not None else None
+        budget = float(opts.time_limit)
+        cands: list[tuple[Solution, str]] = []
+        has_traffic = wr > 0 and any(w > 0 and inst.layers[a].total and inst.layers[b].total
+                                     for a, b, w in inst.edges)
+        if not lexi:
+            stages = [("all", budget)]
+        elif has_traffic:
+            stages = [("split", budget / 2), ("traffic", None)]
         else:
-            p.max_time_in_seconds = float(opts.time_limit)
-        ts = time.perf_counter()
-        st = solver.solve(model)
-        wall = time.perf_counter() - ts
-        report["status"] = _STATUS.get(int(st), str(st))
-        report["solver_seconds"] = round(wall, 3)
-        report["deterministic_time"] = round(solver.deterministic_time, 3)
-        report["model"] = {"variables": len(model.proto.variables), "constraints": len(model.proto.constraints)}
-        if opts.deterministic and solver.deterministic_time < 0.999 * opts.time_limit \
-                and st not in (cp_model.OPTIMAL, cp_model.INFEASIBLE) and wall >= p.max_time_in_seconds * 0.99:
-            report["deterministic"] = False
-        if not opts.deterministic:
-            report["deterministic"] = st in (cp_model.OPTIMAL, cp_model.INFEASIBLE)
-        if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            cp_sol = _extract(inst, solver, v)
-            e = evaluate(inst, cp_sol, weights)
-            bound = max(bound, int(math.ceil(solver.best_objective_bound - 1e-6)))
-            if best_eval is None or e["objective"] < best_eval["objective"] or (
-                    e["objective"] == best_eval["objective"] and st == cp_model.OPTIMAL):
-                best, best_eval = cp_sol, e
+            stages = [("split", budget)]
+        w1 = split_weight(inst, order)
+        exact = not restricted
+        lim = None
+        for stage, share in stages:
+            used = sum(s_["deterministic_time"] for s_ in report["stages"])
+            b = share if share is not None else max(0.05 * budget, budget - used)
+            model, v = build_model(inst, opts, order=order, hint=None, stage=stage, limit=lim,
+                                   allowed=allowed)
+            if hint is not None:
+                _add_hint(model, inst, hint, v["x"], v["y"], v["u"], K, v.get("box"), v["dist"])
+            solver, st, info = _run(model, opts, b)
+            info["stage"] = stage
+            report["stages"].append(info)
+            if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                if st == cp_model.INFEASIBLE and g is None and not restricted:
+                    raise PlacementError(
+                        f"no placement of {inst.total} crossbars on target {inst.name!r} keeps every layer "
+                        f"that fits one tile on one tile ({inst.tiles} tiles x {inst.capacity})",
+                        hint=f"use place{{keep-whole=false}} or --set tiles={2 * inst.tiles}")
+                exact = False
+                break
+            sol = _extract(inst, solver, v)
+            cands.append((sol, stage))
+            hint = sol
+            if stage == "split":
+                e = evaluate(inst, sol, weights)
+                lim = w1 * e["tiles"] + e["split"]
+                if exact and "bound" in info:
+                    bound = max(bound, ws * info["bound"])
+                exact = exact and st == cp_model.OPTIMAL
+            elif stage == "traffic":
+                if exact and "bound" in info:
+                    bound = max(bound, ws * lim + wr * info["bound"])
+            elif exact and "bound" in info:
+                bound = max(bound, info["bound"])
+        for sol, stage in cands:
+            e = evaluate(inst, sol, weights)
+            if best_eval is None or e["objective"] < best_eval["objective"]:
+                best, best_eval = sol, e
                 report["method"] = "cp-sat"
-        elif st == cp_model.INFEASIBLE:
-            if g is None:
-                raise PlacementError(
-                    f"no placement of {inst.total} crossbars on target {inst.name!r} keeps every layer "
-                    f"that fits one tile on one tile ({inst.tiles} tiles x {inst.capacity})",
-                    hint=f"use place{{keep-whole=false}} or --set tiles={2 * inst.tiles}")
+        sts = [s_["status"] for s_ in report["stages"]]
+        if not cands:
+            report["status"] = sts[-1] if sts else "UNKNOWN"
+        elif all(s_ == "OPTIMAL" for s_ in sts) and not restricted and len(sts) == len(stages):
+            report["status"] = "OPTIMAL"
         else:
-            bound = max(bound, int(math.ceil(solver.best_objective_bound - 1e-6))) \
-                if math.isfinite(solver.best_objective_bound) else bound
+            report["status"] = "FEASIBLE"
+        report["deterministic"] = (not opts.deterministic and report["status"] == "OPTIMAL") or (
+            opts.deterministic and not any(s_["wall_capped"] for s_ in report["stages"]))
+        report["solver_seconds"] = round(sum(s_["seconds"] for s_ in report["stages"]), 3)
+        report["deterministic_time"] = round(sum(s_["deterministic_time"] for s_ in report["stages"]), 3)
     if best is None:
         raise PlacementError(
             f"no placement of {inst.total} crossbars found on target {inst.name!r} within the time "
             f"limit ({inst.tiles} tiles x {inst.capacity} crossbars, layers kept whole)",
             hint=f"raise place{{time-limit=...}}, use place{{keep-whole=false}} or --set tiles={2 * inst.tiles}")
-    if best_eval["objective"] < bound:  # the trivial bound assumes lexicographic weights
-        bound = best_eval["objective"]
     obj = best_eval["objective"]
+    bound = min(bound, obj)   # the trivial bound assumes the lexicographic weights
     report.update({
         "objective": int(obj), "bound": int(bound),
         "gap": round((obj - bound) / max(1, abs(obj)), 6),
         "objective_terms": {k: best_eval[k] for k in ("tiles", "split", "traffic")},
         "seconds": round(time.perf_counter() - t0, 3),
     })
+    report["bound_terms"] = {"tiles": lower_bound_tiles(inst),
+                             "split": sum(max(0, math.ceil(ly.total / inst.capacity) - 1) for ly in inst.layers)}
     if g_eval is not None:
         report["greedy_terms"] = {k: g_eval[k] for k in ("tiles", "split", "traffic")}
     return best, report
@@ -593,13 +797,10 @@ def _extract(inst: Instance, solver, v) -> Solution:
         c = np.zeros((len(vals), K), np.int64)
         if ly.total:
             for j in range(len(vals)):
-                for k in range(K):
+                for k in v["allowed"][l].tolist():
                     c[j, k] = solver.value(v["x"][l, j, k])
         counts.append(c)
-    X = sum(c.sum(axis=0) for c in counts) if counts else np.zeros(K, np.int64)
-    used = np.nonzero(np.asarray(X) > 0)[0]
-    Kc = int(used.max()) + 1 if used.size else 0
-    return Solution(order=order[:Kc], counts=[c[:, :Kc] for c in counts])
+    return Solution(order=order, counts=counts)
 
 
 # ----------------------------------------------------------------------------------------
@@ -776,19 +977,28 @@ def render_placement(meta: dict[str, Any]) -> str:
     util = meta.get("utilization", [])
     mean = sum(util) / len(util) if util else 0.0
     terms = meta.get("objective_terms", {})
+    nt = meta.get("tiles_used", "?")
     lines = [
-        f"placement: {meta.get('crossbars', '?')} crossbars on {meta.get('tiles_used', '?')} tiles "
+        f"placement: {meta.get('crossbars', '?')} crossbars on {nt} tile{'' if nt == 1 else 's'} "
         f"({meta.get('method')}, {meta.get('status')}, objective {meta.get('objective')}, bound "
         f"{meta.get('bound')}, gap {100 * float(meta.get('gap', 0.0)):.2f}%, {meta.get('seconds')} s)",
         f"  split layers +{terms.get('split', 0)}, traffic {terms.get('traffic', 0)}, greedy objective "
         f"{meta.get('greedy_objective')}",
     ]
     if util:
-        cells = " ".join(f"{t}:{round(100 * u)}" for t, u in zip(meta.get("tile_ids", range(len(util))), util))
-        lines.append(f"  utilization % (tile:use) mean {100 * mean:.1f}: {cells}")
+        ids = list(meta.get("tile_ids", range(len(util))))
+        pct = [round(100 * u) for u in util]
+        runs: list[list[int]] = []          # [first id, last id, percent] over consecutive ids
+        for t, p in zip(ids, pct):
+            if runs and runs[-1][1] == t - 1 and runs[-1][2] == p:
+                runs[-1][1] = t
+            else:
+                runs.append([t, t, p])
+        cells = " ".join(f"{a}:{p}" if a == b else f"{a}-{b}:{p}" for a, b, p in runs)
+        lines.append(f"  utilization % (tiles:use) mean {100 * mean:.1f} min {min(pct)}: {cells}")
     d = meta.get("duplication") or {}
     if d.get("enabled"):
-        reps = ", ".join(f"{k}x{v + 1}" for k, v in d.get("replicas", {}).items()) or "none"
+        reps = ", ".join(f"{k} x{v + 1}" for k, v in d.get("replicas", {}).items()) or "none"
         lines.append(f"  duplication: stage latency {d.get('latency_before')} -> {d.get('latency_after')} "
                      f"cycles (x{d.get('speedup', 1)}), +{d.get('extra_crossbars', 0)} crossbars; copies: {reps}")
     elif d:
@@ -797,21 +1007,40 @@ def render_placement(meta: dict[str, Any]) -> str:
 
 
 def bench_placement(inst: Instance, opts: Options | None = None, *, print_fn=print) -> dict[str, Any]:
-    """Place ``inst`` with greedy and with CP-SAT and print one line each."""
-    opts = opts or Options(time_limit=20.0)
-    t0 = time.perf_counter()
-    g_sol, g_rep = solve(inst, replace(opts, greedy_only=True))
-    tg = time.perf_counter() - t0
+    """Place ``inst`` with first-fit greedy, the contiguous DP and CP-SAT; print one line each.
+
+    Returns ``{"greedy": report, "contiguous": report | None, "cp-sat": report}`` (each with
+    objective, bound, gap, status, seconds, objective_terms)."""
+    opts = opts or Options()
     c_sol, c_rep = solve(inst, opts)
-    rows = {"greedy": (g_rep, tg), "cp-sat": (c_rep, c_rep["seconds"])}
-    print_fn(f"placement bench: {len(inst.layers)} layers, {inst.total} crossbars, "
-             f"{inst.capacity}/tile, lower bound {lower_bound_tiles(inst)} tiles")
-    print_fn(f"{'method':8} {'objective':>14} {'tiles':>5} {'split':>5} {'traffic':>7} {'gap':>9} {'seconds':>8}  status")
-    for name, (r, s) in rows.items():
+    w = tuple(c_rep["weights"][k] for k in ("tiles", "split", "traffic"))
+    bound = c_rep["bound"]
+    out: dict[str, Any] = {}
+    order = tile_order(inst.tiles, inst.mesh_cols, lower_bound_tiles(inst))
+    for name, fn in (("greedy", greedy), ("contiguous", contiguous)):
+        t0 = time.perf_counter()
+        sol = fn(inst, order)
+        secs = time.perf_counter() - t0
+        if sol is None:
+            out[name] = None
+            continue
+        e = evaluate(inst, sol, w)
+        out[name] = {"objective": e["objective"], "bound": bound, "status": "HEURISTIC",
+                     "gap": round((e["objective"] - bound) / max(1, e["objective"]), 6),
+                     "seconds": round(secs, 3), "objective_terms": {k: e[k] for k in ("tiles", "split", "traffic")}}
+    out["cp-sat"] = c_rep
+    print_fn(f"placement bench: {len(inst.layers)} layers, {inst.total} crossbars, {inst.capacity}/tile, "
+             f"lower bound {c_rep['bound_terms']['tiles']} tiles / {c_rep['bound_terms']['split']} splits, "
+             f"time-limit {opts.time_limit} (deterministic={opts.deterministic}, workers={opts.workers})")
+    print_fn(f"{'method':10} {'objective':>14} {'tiles':>5} {'split':>5} {'traffic':>7} {'gap':>9} {'seconds':>8}  status")
+    for name, r in out.items():
+        if r is None:
+            print_fn(f"{name:10} {'n/a':>14}")
+            continue
         t = r["objective_terms"]
-        print_fn(f"{name:8} {r['objective']:>14} {t['tiles']:>5} {t['split']:>5} {t['traffic']:>7} "
-                 f"{100 * r['gap']:>8.3f}% {s:>8.2f}  {r['status']}")
-    return {"greedy": g_rep, "cp-sat": c_rep}
+        print_fn(f"{name:10} {r['objective']:>14} {t['tiles']:>5} {t['split']:>5} {t['traffic']:>7} "
+                 f"{100 * r['gap']:>8.3f}% {r['seconds']:>8.2f}  {r['status']}")
+    return out
 
 
 def synthetic_resnet50(seed: int = 0, max_count: int = 400, traffic: str = "volume") -> Instance:

@@ -212,6 +212,8 @@ def load(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Targ
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.exists():
         where = str(path)
+    elif path.suffix == ".toml":
+        raise OptionError(f"target file {name_or_path!r} does not exist; built-in targets: {', '.join(available())}")
     else:
         path = target_dir() / f"{name_or_path}.toml"
         where = f"target {name_or_path!r}"

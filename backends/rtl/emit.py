@@ -271,15 +271,18 @@ def _xbars(plan: LayerPlan) -> str:
         out.append(f"    // crossbar {x} of layer {spec.id} ({where}): {plan.mem_files[x]}")
         out.append(f"    logic [XROWS*DAC_BITS-1:0] row_x{x:03d};")
         out.append(f"    logic [XCOLS*ADC_BITS-1:0] col_x{x:03d};")
-        out.append("    always_comb begin")
-        out.append(f"        row_x{x:03d} = '0;")
-        rows = np.nonzero(p.row_group[x] >= 0)[0]
-        src = p.row_group[x, rows].astype(np.int64) * spec.rows + p.row_index[x, rows]
-        for i, s, g, r in zip(rows.tolist(), src.tolist(), p.row_group[x, rows].tolist(),
-                              p.row_index[x, rows].tolist()):
-            out.append(f"        row_x{x:03d}[{i * D} +: DAC_BITS] = xsh[{s}][DAC_BITS-1:0];"
-                       f"  // row {i}: group {g}, matrix row {r}")
-        out.append("    end")
+        # one continuous assignment per crossbar, MSB (last row) first; unused rows are driven 0
+        g_of = p.row_group[x].tolist()
+        r_of = p.row_index[x].tolist()
+        out.append(f"    assign row_x{x:03d} = {{")
+        for i in range(plan.Rx - 1, -1, -1):
+            sep = "," if i else " "
+            if g_of[i] >= 0:
+                src = g_of[i] * spec.rows + r_of[i]
+                out.append(f"        xsh[{src}][DAC_BITS-1:0]{sep}  // row {i}: group {g_of[i]}, matrix row {r_of[i]}")
+            else:
+                out.append(f"        {D}'d0{sep}  // row {i}: unused")
+        out.append("    };")
         out.append(f"    xbc_crossbar #(.ROWS(XROWS), .COLS(XCOLS), .CELL_BITS({spec.cell_bits}), "
                    f".DAC_BITS(DAC_BITS), .ADC_BITS(ADC_BITS),")
         out.append(f"                   .ROWS_ACTIVE({plan.ra}), .CHUNK_W(CHUNK_W), "
@@ -315,12 +318,15 @@ def render_layer(plan: LayerPlan, source: str) -> str:
     if off:
         off_decl = ("    // ---- offset encoding: every accumulator starts at -offset * sum_r xq[g][r]\n"
                     f"    localparam int OFFSET = {off};\n"
+                    "    function automatic logic [ACC_W-1:0] group_sum(input logic [N_IN*IN_BITS-1:0] xv, input int g);\n"
+                    "        logic [ACC_W-1:0] s;\n"
+                    "        s = '0;\n"
+                    "        for (int r = 0; r < R; r++) s = s + ACC_W'(xv[(g*R + r)*IN_BITS +: IN_BITS]);\n"
+                    "        return s;\n"
+                    "    endfunction\n"
                     "    logic [ACC_W-1:0] xsum [0:G-1];\n"
-                    "    always_comb begin\n"
-                    "        for (int g = 0; g < G; g++) begin\n"
-                    "            xsum[g] = '0;\n"
-                    "            for (int r = 0; r < R; r++) xsum[g] = xsum[g] + ACC_W'(x_in[(g*R + r)*IN_BITS +: IN_BITS]);\n"
-                    "        end\n"
+                    "    for (genvar g = 0; g < G; g++) begin : g_xsum\n"
+                    "        assign xsum[g] = group_sum(x_in, g);\n"
                     "    end\n")
         acc_init = "ACC_W'(0) - ACC_W'(OFFSET) * xsum[o / C]"
     else:

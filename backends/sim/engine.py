@@ -56,8 +56,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from xbc import qmath
 from xbc.errors import BundleError, XbcError
-from xbc.layer import LayerSpec, rebuild_matrix, to_matrix
+from xbc.layer import LayerSpec, to_matrix
 
 MODES = ("auto", "bit-serial", "ideal")
 F32_EXACT = 1 << 24
@@ -74,14 +75,9 @@ class SimError(XbcError):
 # ----------------------------------------------------------------------------------------
 
 def quantize_input(x: np.ndarray, x_scale: float, zero_point: int, bits: int) -> np.ndarray:
-    """``clip(round_half_even(x / x_scale) + zero_point, 0, 2**bits - 1)`` as float32 integers.
-
-    Computed in float64 (the division and rounding of :mod:`xbc.qmath`); the result holds exact
-    integers (``bits <= 16``) in float32 so that it feeds BLAS directly.
-    """
-    q = np.rint(np.asarray(x, dtype=np.float64) / float(x_scale)) + int(zero_point)
-    np.clip(q, 0, (1 << int(bits)) - 1, out=q)
-    return q.astype(np.float32)
+    """:func:`xbc.qmath.quantize_input` (float64 division, round half to even, clip) with the
+    codes held in float32 (exact for ``bits <= 16``), so that they feed BLAS directly."""
+    return qmath.quantize_input(x, x_scale, zero_point, bits, dtype=np.float32)
 
 
 def _s(v) -> str:
@@ -253,14 +249,16 @@ class CrossbarKernel:
         self.qmax = (1 << sp.input_bits) - 1
 
         # --- the matrix the cells store (ideal ADC), and the exact matmul dtype ---------
-        M = rebuild_matrix(p, G, R, C)                        # int64 [G, R, C], offset included
-        bound = self.qmax * int(np.abs(M).sum(axis=1).max(initial=0))
-        if bound < F32_EXACT:
-            self.dtype = np.float32
-        elif bound < F64_EXACT:
-            self.dtype = np.float64
+        M = cells_matrix(p, G, R, C)                          # int64 [G, R, C], offset included
+        self.parts = row_parts(M, self.qmax)
+        if self.parts is not None:
+            self.dtype = np.float32                     # every part's partial sums < 2**24
         else:
-            raise SimError(f"layer {sp.id}: integer sums up to {bound} exceed 2**53; not simulable exactly")
+            bound = self.qmax * int(np.abs(M).sum(axis=1).max(initial=0))
+            if bound >= F64_EXACT:
+                raise SimError(f"layer {sp.id}: integer sums up to {bound} exceed 2**53; not simulable exactly")
+            self.dtype = np.float64
+            self.parts = [(0, R)]
         self.M = M.astype(self.dtype)
         self.M_int = M
         self.depthwise = C == 1
@@ -374,16 +372,22 @@ class CrossbarKernel:
         return run
 
     def _ideal(self, patches: np.ndarray) -> np.ndarray:
-        """``xq @ M`` per group -> [P, G*C] (exact integers in float)."""
+        """``xq @ M`` per group -> [P, G*C] (exact integers: every partial sum of a row part
+        fits the float type's mantissa; parts are added in float64)."""
         G, C = self.G, self.C
         pt = patches.astype(self.dtype, copy=False)
-        if self.depthwise:
-            acc = np.einsum("gpr,gr->pg", pt, self.M[:, :, 0], optimize=False)
-            return acc
-        if G == 1:
-            return pt[0] @ self.M[0]
-        acc = np.matmul(pt, self.M)                     # [G, P, C]
-        return acc.transpose(1, 0, 2).reshape(-1, G * C)
+        acc = None
+        for a, b in self.parts:
+            if self.depthwise:
+                part = np.einsum("gpr,gr->pg", pt[:, :, a:b], self.M[:, a:b, 0], optimize=False)
+            elif G == 1:
+                part = pt[0, :, a:b] @ self.M[0, a:b]
+            else:
+                part = np.matmul(pt[:, :, a:b], self.M[:, a:b]).transpose(1, 0, 2).reshape(-1, G * C)
+            if len(self.parts) == 1:
+                return part
+            acc = part.astype(np.float64) if acc is None else acc + part
+        return acc
 
     def _correct(self, patches: np.ndarray, acc: np.ndarray):
         """Subtract the clipped part ``sum 2**(d*dac) * w * max(s - L, 0)`` where conversions clip."""
@@ -473,6 +477,73 @@ class CrossbarKernel:
             xsum = patches.astype(np.float64).sum(-1)                              # [G, P]
             acc -= self.offset * np.repeat(xsum.T, C, axis=1)
         return acc, clipped
+
+
+def row_parts(M: np.ndarray, qmax: int) -> list[tuple[int, int]] | None:
+    """Split the rows of ``M [G, R, C]`` into contiguous parts whose column sums stay exact in
+    float32: ``qmax * max_{g,c} sum_{r in part} |M[g, r, c]| < 2**24``. ``None`` if one row alone
+    is too large (then float64 is used)."""
+    G, R, C = M.shape
+    if R == 0:
+        return [(0, 0)]
+    A = np.abs(M).astype(np.float64) * qmax                # [G, R, C]
+    if A.max(initial=0) >= F32_EXACT:
+        return None
+    cs = np.concatenate([np.zeros((G, 1, C)), np.cumsum(A, axis=1)], axis=1)   # [G, R+1, C]
+    parts = []
+    a = 0
+    while a < R:
+        ok = (cs[:, a + 1:, :] - cs[:, a:a + 1, :]).max(axis=(0, 2)) < F32_EXACT  # ends a+1..R
+        b = a + 1 + int(np.argmin(ok)) if not ok.all() else R
+        parts.append((a, b))
+        a = b
+    return parts
+
+
+def cells_matrix(p, G: int, R: int, C: int) -> np.ndarray:
+    """The integer matrix ``[G, R, C]`` the cells store (what ``xbc.layer.rebuild_matrix`` gives,
+    offset included), crossbar by crossbar: the columns of crossbar ``x`` are first reduced onto
+    their output columns with one small matmul (``cells[x] @ S_x``, ``S_x[j, t] = col_sign *
+    2**col_shift`` for the output column ``t`` of physical column ``j``), then the block is added
+    to the rows and output columns the crossbar carries."""
+    X, Rx, Cx = p.cells.shape
+    out = np.zeros((G * R, G * C), np.float64)
+    used_r = p.row_group >= 0
+    used_c = p.col_sign != 0
+    rowflat = np.where(used_r, np.asarray(p.row_group, np.int64) * R + p.row_index, -1)
+    tgt = np.where(used_c, np.asarray(p.col_group, np.int64) * C + p.col_index, -1)
+    wsp = np.where(used_c, np.asarray(p.col_sign, np.float64) * np.exp2(np.asarray(p.col_shift, np.float64)), 0.0)
+    for x in range(X):
+        c = p.cells[x]
+        ur, uc = used_r[x], used_c[x]
+        if not c.any():
+            continue
+        if c[~ur].any() or c[:, ~uc].any():
+            raise BundleError(f"crossbar {x}: a programmed cell sits on an unused row or column")
+        rows = rowflat[x, ur]
+        cols = np.flatnonzero(uc)
+        cs = c[np.ix_(ur, uc)]
+        if np.any(p.row_group[x, ur][:, None] != p.col_group[x, uc][None, :]) and \
+                np.any(cs[p.row_group[x, ur][:, None] != p.col_group[x, uc][None, :]]):
+            raise BundleError(f"crossbar {x}: a programmed cell joins a row and a column of different groups")
+        t, inv = np.unique(tgt[x, cols], return_inverse=True)
+        S = np.zeros((len(cols), len(t)), np.float64)
+        S[np.arange(len(cols)), inv] = wsp[x, cols]
+        Z = cs.astype(np.float64) @ S
+        if len(np.unique(rows)) == len(rows):
+            out[np.ix_(rows, t)] += Z
+        else:
+            np.add.at(out, (rows[:, None], t[None, :]), Z)
+    Mf = out.reshape(G, R, G, C)[np.arange(G), :, np.arange(G), :]        # [G, R, C] diagonal blocks
+    if G > 1:
+        off = out.reshape(G, R, G, C).copy()
+        off[np.arange(G), :, np.arange(G), :] = 0
+        if off.any():
+            raise BundleError("a programmed cell joins a row and a column of different groups")
+    M = np.rint(Mf).astype(np.int64)
+    if p.offset:
+        M -= int(p.offset)
+    return M
 
 
 def check_spec(spec: LayerSpec) -> None:

@@ -42,6 +42,7 @@ from xbc import ortutil
 from xbc.errors import BundleError, XbcError
 
 from .engine import MODES, CrossbarKernel, SimError, check_spec
+from .threads import blas_threads
 
 XBC_DOMAIN = "xbc"
 CROSSBAR_OP = "CrossbarLayer"
@@ -263,6 +264,11 @@ class Simulator:
         return out
 
     def run(self, feeds: dict[str, np.ndarray], *, record: bool = False) -> SimResult:
+        """Simulate one feed dict (BLAS and onnxruntime both limited to ``threads`` threads)."""
+        with blas_threads(self.threads):
+            return self._run(feeds, record)
+
+    def _run(self, feeds: dict[str, np.ndarray], record: bool) -> SimResult:
         t0 = time.perf_counter()
         env: dict[str, np.ndarray] = {}
         for t in self.init.values():
@@ -419,6 +425,52 @@ def find_model(bundle, model: str | Path | onnx.ModelProto | None) -> tuple[onnx
                    + (f" (the bundle records {rec!r}, not found next to the bundle or here)" if rec else ""))
 
 
+def float_tensor_map(bundle_model: onnx.ModelProto, float_model: onnx.ModelProto,
+                     tensors: dict[str, str]) -> dict[str, str | None]:
+    """For each layer id -> output tensor of the bundle graph, the float model's tensor that holds
+    the same quantity, or None.
+
+    Passes may fold ops into a layer (fold-batchnorm: ``Conv -> BN`` becomes one layer whose output
+    keeps the *conv's* name but holds the *BN's* value), so names alone mislead. The layer's
+    output is what its consumers read: a consumer node of the bundle graph is found in the float
+    model by its output names (or node name), and the tensor that node reads at the same input
+    index is the match. A graph output keeps its name. Without a matching consumer the same-named
+    float tensor is used if it exists.
+    """
+    fg = float_model.graph
+    by_out: dict[str, onnx.NodeProto] = {}
+    by_name: dict[str, onnx.NodeProto] = {}
+    for n in fg.node:
+        for o in n.output:
+            if o:
+                by_out[o] = n
+        if n.name:
+            by_name[n.name] = n
+    float_values = set(by_out) | {i.name for i in fg.input}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in bundle_model.graph.node:
+        for k, x in enumerate(n.input):
+            consumers.setdefault(x, []).append((n, k))
+    outs = {o.name for o in bundle_model.graph.output}
+    res: dict[str, str | None] = {}
+    for lid, t in tensors.items():
+        if t in outs:
+            res[lid] = t if t in float_values else None
+            continue
+        cands = set()
+        for n, k in consumers.get(t, []):
+            fn = next((by_out[o] for o in n.output if o in by_out), None) or by_name.get(n.name)
+            if fn is not None and fn.op_type == n.op_type and k < len(fn.input) and fn.input[k]:
+                cands.add(fn.input[k])
+        if len(cands) == 1:
+            res[lid] = cands.pop()
+        elif not cands and t in float_values:
+            res[lid] = t
+        else:
+            res[lid] = None
+    return res
+
+
 def reference_outputs(model: onnx.ModelProto, feeds_list: list[dict[str, np.ndarray]],
                       extra: list[str], threads: int = 1) -> list[dict[str, np.ndarray]]:
     """Run the float model in onnxruntime with ``extra`` tensors exposed as outputs."""
@@ -455,8 +507,8 @@ def compare(bundle_or_path, feeds, *, model=None, mode: str = "auto", adc_bits: 
     feeds_list = [feeds] if isinstance(feeds, dict) else list(feeds)
     proto, mpath = find_model(sim.bundle, model)
     res = sim.run_many(feeds_list)
-    layer_tensor = {lid: node.output[0] for lid, node in sim.layer_node.items()}
-    refs = reference_outputs(proto, feeds_list, list(layer_tensor.values()), threads)
+    layer_tensor = float_tensor_map(sim.model, proto, {lid: node.output[0] for lid, node in sim.layer_node.items()})
+    refs = reference_outputs(proto, feeds_list, [t for t in layer_tensor.values() if t], threads)
     ref = {k: np.concatenate([r[k].reshape((-1,) + r[k].shape[1:]) if r[k].ndim else r[k][None] for r in refs])
            for k in refs[0]}
     outs: dict[str, dict[str, float]] = {}
@@ -482,9 +534,9 @@ def compare(bundle_or_path, feeds, *, model=None, mode: str = "auto", adc_bits: 
     for lid, tensor in layer_tensor.items():
         st = res.layers.get(lid)
         got = res.layer_outputs.get(lid)
-        want = ref.get(tensor)
+        want = ref.get(tensor) if tensor else None
         ok = want is not None and got is not None and want.shape == got.shape
-        layers.append(LayerFidelity(lid, sim.layer_node[lid].name, tensor,
+        layers.append(LayerFidelity(lid, sim.layer_node[lid].name, tensor or "-",
                                     ortutil.sqnr_db(want, got) if ok else None,
                                     ortutil.cosine(want, got) if ok else None,
                                     st.clipped_fraction if st else 0.0))

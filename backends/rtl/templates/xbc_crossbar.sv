@@ -35,7 +35,9 @@ module xbc_crossbar #(
         if (MEMFILE != "") $readmemh(MEMFILE, cells);
     end
 
-    always_comb begin
+    // always @* rather than always_comb: Icarus Verilog 11 re-triggers an always_comb on the
+    // variables it writes (here the running sum) and never settles.
+    always @* begin
         int sum;
         for (int j = 0; j < COLS; j++) begin
             sum = 0;
