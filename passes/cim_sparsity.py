@@ -117,7 +117,7 @@ class CimSparsity(Pass):
             G, R, C = V.shape
             s2 = (s ** 2)[:, None, :]
             E_q = layer_error_power(T, V0, s)
-            if E_q <= 0.0:
+            if E_q <= 0.0 or q.prequantized:  # float weights say nothing beyond the integers
                 E_q = float(np.sum(s2 * np.ones_like(T)) / 12.0)
             E_cur = layer_error_power(T, V, s)
             # cost of pruning each group

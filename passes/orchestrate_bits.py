@@ -20,25 +20,32 @@ Steps, per layer (numpy-vectorized over the whole layer; loops run over rounds a
 1. **Recoding (lossless).** Canonical signed digits: the non-adjacent form (NAF) for
    ``cell_bits = 1`` (fewest non-zero digits, no two adjacent), the fewest-non-zero-digit radix
    ``2**cell_bits`` signed-digit form for wider cells (2-state Viterbi over the carry), or
-   sign-magnitude when ``target.signed_digits`` is false. Because NAF can touch one more plane
-   than binary (``7 = 8 - 1``), each unit keeps whichever of NAF and sign-magnitude leaves fewer
-   non-empty segments (ties: NAF, fewer digits). Every weight keeps its value.
+   sign-magnitude when ``target.signed_digits`` is false. With signed digits each unit then
+   takes, among these forms, the one with the fewest non-empty segments (ties: fewer digits):
+   NAF; sign-magnitude (NAF can touch one more plane: ``7 = 8 - 1``); and the
+   **two's-complement form** (``twos-complement``, default on): with the unit's smallest top
+   plane ``k`` such that all its weights lie in ``[-B**k, B**k - 1]``, a negative weight is
+   ``-B**k`` plus the non-negative digits of ``w + B**k``, so the unit uses the positive segments
+   of planes ``< k`` and ONE negative segment (plane ``k``) instead of two sign-magnitude sets —
+   about half the segments for mixed-sign units, at the price of more non-zero digits (cells)
+   per weight (also mirrored, for mostly negative units). Every weight keeps its value.
 2. **max-digits k (lossy, optional).** Each weight becomes the value closest to its float target
    ``t = w_float / w_scale`` (in integer units, within ``+-(2**(b-1)-1)``) that has at most ``k``
    non-zero digits in the minimal form — exactly what "keep the k most significant digits and
    round the rest" approximates. This is a user choice and is applied regardless of the budget;
    its error counts against it.
 3. **Segment clearing (lossy, within the budget).** Clearing segment ``(p, s)`` of a unit
-   removes the plane-``p`` digit of every weight in it and re-quantizes each weight's residual
-   into the planes below ``p``: digits above ``p`` stay, and the lower digits become the value
-   closest to the target ``t - (digits above p)`` that the unit's *currently non-empty* lower
-   segments can represent (an exhaustive table per allowed (plane, sign) set, fewest digits;
-   the result stays within ``+-(2**(b-1)-1)``), so no empty segment is refilled. The cost of a
-   move is the increase of the layer's squared weight error against the float weights
-   (``sum_o w_scale[o]^2 * sum_r (t - w')^2``, in float units). Moves are taken greedily,
-   cheapest first (moves of zero cost, i.e. lossless re-representations, first), at most one
-   per unit per round with costs recomputed for the units that changed, under increasing cost
-   thresholds, while the budget lasts.
+   removes the plane-``p`` digit of every weight in it and re-represents each such weight as
+   the value closest to its target ``t`` that the unit's *other currently non-empty* segments
+   can represent, with the fewest digits (``compensate=all``, default: every plane; an
+   exhaustive table per allowed (plane, sign) set, cached), or — ``compensate=lower`` — keeping
+   the digits above ``p`` and re-quantizing the residual ``t - (digits above p)`` into the
+   non-empty segments below ``p``. Values stay within ``+-(2**(b-1)-1)`` and no empty segment is
+   refilled. The cost of a move is the increase of the layer's squared weight error against the
+   float weights (``sum_o w_scale[o]^2 * sum_r (t - w')^2``, float units); a move of cost 0 is a
+   lossless re-representation. Moves are taken greedily, cheapest first, at most one per unit
+   per round with costs recomputed for the units that changed, under doubling cost thresholds,
+   while the budget lasts.
 
 Error budget (``error-budget``, default 0.25)
     ``E_q = sum w_scale^2 (t - w_int_initial)^2`` is the layer's quantization noise power (after
@@ -47,6 +54,21 @@ Error budget (``error-budget``, default 0.25)
     ``10 log10(1.25) = 0.97 dB``); ``0`` allows only lossless changes. For a pre-quantized layer
     whose float weights are exactly ``w_scale * w_int`` (``E_q = 0``) the nominal rounding noise
     ``sum w_scale^2 / 12`` is used instead. The measured ``E / E_q - 1`` is reported per layer.
+
+Row order (``pre-reorder``, default on)
+    Segments depend on which rows share a block. When the layer has no ``row_perm`` yet, the
+    pass first picks one with reorder's heuristics on the recoded digits
+    (:func:`xbc.passes.reorder.choose_row_perm`, ``pre-reorder-swaps`` refinement rounds), clears
+    segments in that order and stores it in ``layer.row_perm``; the reorder pass that follows
+    keeps it unless it finds a better one.
+
+Options: ``error-budget``, ``max-digits``, ``segment-rows``, ``max-segment-digits`` (only
+segments holding at most this many digits are tried; default all), ``max-rounds`` (greedy
+rounds), ``pre-reorder``, ``pre-reorder-swaps``, ``compensate``, ``twos-complement``.
+
+Measured (tests/graphs.py crossbar models, 8-bit, 128-row segments, all 12 models together):
+non-empty segments 11,105 (sign-magnitude) -> 6,481 lossless (-42 %), 6,252 at budget 0.25,
+5,960 at 1, 4,722 at 16; non-zero digits per weight 2.41 -> 3.79 (lossless) -> 2.65 (budget 16).
 
 ``quant.w_int`` is updated to the new values (``quant.w_int_initial`` keeps quantize's).
 Weights that a previous lossy pass zeroed (``w_int == 0 != w_int_initial``, e.g. cim-sparsity)
@@ -61,12 +83,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from xbc import qmath
-from xbc.errors import OptionError
+from xbc.errors import OptionError, VerifyError
 from xbc.ir import Graph
 from xbc.layer import digits_value, from_matrix, n_planes, sign_magnitude_digits, to_matrix
 from xbc.passmanager import Pass, PassContext, PassResult, register
@@ -168,7 +190,7 @@ def digit_count_table(qmax: int, cell_bits: int, planes: int, signed: bool) -> n
     return np.count_nonzero(recode(vals, cell_bits, planes, signed), axis=0)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=512)
 def representable_table(cell_bits: int, p: int, mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values representable by planes ``0..p-1`` whose allowed (plane, sign) pairs are the set bits
     of ``mask`` (bit ``2q``: positive digits on plane ``q``, bit ``2q+1``: negative).
@@ -200,7 +222,7 @@ def representable_table(cell_bits: int, p: int, mask: int) -> tuple[np.ndarray, 
     return vals, digs, cnt
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=512)
 def limited_table(cell_bits: int, p: int, mask: int, limit: int):
     """:func:`representable_table` restricted to values with at most ``limit`` non-zero digits."""
     vals, digs, cnt = representable_table(cell_bits, p, mask)
@@ -213,11 +235,34 @@ def limited_table(cell_bits: int, p: int, mask: int, limit: int):
     return out
 
 
-def check_digits(digits: np.ndarray, cell_bits: int) -> np.ndarray:
-    """Integer values of ``digits`` (int64), asserting ``|D| < 2**cell_bits``."""
-    if np.any(np.abs(digits.astype(np.int64)) >= (1 << cell_bits)):
-        raise ValueError("a digit exceeds the cell range")
-    return digits_value(digits, cell_bits)
+def two_complement_units(Vu: np.ndarray, cell_bits: int, planes: int, mirror: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Two's-complement-like digits per unit: ``[..., S]`` ints -> ``[..., S, planes]`` int8.
+
+    Each unit (last axis = its rows) gets the smallest top plane ``k`` with all its values in
+    ``[-B**k, B**k - 1]``; a negative ``w`` is ``-1 * B**k`` plus the non-negative base-``B``
+    digits of ``w + B**k`` on planes ``< k``, a non-negative one its base-``B`` digits. The
+    segments used are the positive ones of planes ``< k`` and the negative one of plane ``k``
+    (about half of sign-magnitude's). ``mirror`` does the same for ``-w`` and negates (a unit of
+    mostly negative weights). Units whose range needs ``k >= planes`` fall back to 0 digits
+    there and are reported in the returned ``fits`` mask (``[...]``, per unit)."""
+    B = 1 << cell_bits
+    v = -np.asarray(Vu, np.int64) if mirror else np.asarray(Vu, np.int64)
+    lo = v.min(axis=-1)
+    hi = v.max(axis=-1)
+    k = np.zeros(lo.shape, np.int64)
+    for kk in range(planes - 1, -1, -1):
+        ok = (lo >= -(B ** kk)) & (hi <= B ** kk - 1)
+        k = np.where(ok, kk, k)
+    fits = (lo >= -(B ** k)) & (hi <= B ** k - 1)
+    kw = k[..., None]
+    neg = v < 0
+    r = np.where(neg, v + B ** kw, v)
+    out = np.zeros(v.shape + (planes,), np.int8)
+    for p in range(planes):
+        d = np.where(p < kw, (r // (B ** p)) % B, np.where((p == kw) & neg, -1, 0))
+        out[..., p] = np.where(fits[..., None], d, 0)
+    return (-out if mirror else out), fits
 
 
 def closest_with_max_digits(t: np.ndarray, k: int, qmax: int, cell_bits: int, planes: int,
@@ -284,8 +329,9 @@ class _Clearer:
 
     BATCH = 4096  # candidates evaluated at once (bounds the temporary memory)
 
-    def __init__(self, Du, Vu, Tu, s2u, cell_bits, qmax, max_digits=None, signed=True):
+    def __init__(self, Du, Vu, Tu, s2u, cell_bits, qmax, max_digits=None, signed=True, all_planes=True):
         self.signed = signed
+        self.all_planes = all_planes
         self.Du, self.Vu, self.Tu, self.s2u = Du, Vu, Tu, s2u   # s2u: [G, 1, C, 1] scale^2
         self.max_digits = max_digits
         self.cb = cell_bits
@@ -324,14 +370,24 @@ class _Clearer:
             Nk = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)   # [K, P, 2]
         else:
             Nk = N[g, b, c]
-        bits = (Nk > 0).astype(np.int64) << (2 * qs[None, :, None] + np.array([0, 1])[None, None, :])
-        bits = bits * (qs[None, :, None] < p[:, None, None])
+        sg = np.array([0, 1])
+        bits = (Nk > 0).astype(np.int64) << (2 * qs[None, :, None] + sg[None, None, :])
+        if self.all_planes:   # every non-empty pair of the unit except the one being cleared
+            bits = bits * ~((qs[None, :, None] == p[:, None, None]) & (sg[None, None, :] == s[:, None, None]))
+            H = np.zeros_like(H)
+            pe_tab = np.full_like(pe, P)
+        else:                 # only the planes below p; the digits above p stay
+            bits = bits * (qs[None, :, None] < p[:, None, None])
+            pe_tab = pe
         if not self.signed:  # sign-magnitude: a weight's digits all have the weight's sign
-            bits = bits * (np.array([0, 1])[None, None, :] == s[:, None, None])
+            bits = bits * (sg[None, None, :] == s[:, None, None])
         mask = bits.sum(axis=(1, 2))
-        key = (p.astype(np.int64) << (2 * P)) + mask
+        ptab = np.full_like(p, P) if self.all_planes else p
+        key = (ptab.astype(np.int64) << (2 * P)) + mask
         if self.max_digits is None:
             ekey = key[ek] << 5 | 31
+        elif self.all_planes:
+            ekey = key[ek] << 5 | self.max_digits
         else:  # digits left for the planes below p (max-digits stays true after a move)
             above = np.count_nonzero(dvi * (qs[None, :] > pe[:, None]), axis=1)
             ekey = key[ek] << 5 | np.maximum(self.max_digits - above, 0).astype(np.int64)
@@ -365,7 +421,7 @@ class _Clearer:
         jj = np.where(take_r, jr, jl)
         feasible = np.isfinite(np.minimum(dl, dr))
         newv = np.where(feasible, H + allv[jj].astype(np.int64), v)
-        newd = np.where(qs[None, :] < pe[:, None], alld[jj], np.where(qs[None, :] > pe[:, None], dv, 0))
+        newd = np.where(qs[None, :] < pe_tab[:, None], alld[jj], np.where(qs[None, :] > pe_tab[:, None], dv, 0))
         newd = np.where(feasible[:, None], newd, dv).astype(np.int8)
         ecost = s2 * ((t - newv) ** 2 - (t - v) ** 2)
         cost = np.bincount(ek, weights=ecost, minlength=K)
@@ -379,7 +435,7 @@ class _Clearer:
         self.Vu[g[ek], b[ek], c[ek], ei] = newv
         return cost
 
-    def run(self, allowed_total: float, E_cur: float, max_seg: int, max_rounds: int, seg_limit=None):
+    def run(self, allowed_total: float, E_cur: float, max_seg: int, max_rounds: int):
         """Greedy clearing; returns (E_final, moves, rounds)."""
         Du = self.Du
         G, nb, C, S, P = Du.shape
@@ -443,7 +499,9 @@ class _Clearer:
 def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: np.ndarray, *,
                        cell_bits: int, planes: int, signed: bool, qmax: int, segment_rows: int,
                        perm: np.ndarray | None, max_digits: int | None, budget: float,
-                       E_q: float, max_segment_digits: int, max_rounds: int) -> tuple[np.ndarray, np.ndarray, dict]:
+                       E_q: float, max_segment_digits: int, max_rounds: int,
+                       compensate: str = "all", twos_complement: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Steps 1-3 of the module docstring on one layer matrix.
 
     ``V`` int ``[G, R, C]`` current weights, ``T`` float targets (integer units), ``scale``
@@ -472,23 +530,38 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
         Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
         V = np.where(frozen, 0, Vk)
 
-    # step 1: recoding, per unit the better of the signed-digit form and sign-magnitude
+    # step 1: recoding; per unit the form with the fewest non-empty segments
     D = recode(V, cell_bits, P, signed)
+    Du = _units_layout(np.moveaxis(D, 0, -1), perm, S)
+    del D
     if signed:
-        D_sm = np.zeros_like(D)
-        D_sm[:n_planes_sm] = sign_magnitude_digits(V, cell_bits, n_planes_sm)
-        Dsd_u = _units_layout(np.moveaxis(D, 0, -1), perm, S)
-        Dsm_u = _units_layout(np.moveaxis(D_sm, 0, -1), perm, S)
-        n_sd = np.count_nonzero(segment_counts(Dsd_u), axis=(-2, -1))
-        n_sm = np.count_nonzero(segment_counts(Dsm_u), axis=(-2, -1))
-        use_sm = n_sm < n_sd
-        if max_digits is not None:  # sign-magnitude may need more digits than max-digits allows
-            use_sm &= np.count_nonzero(Dsm_u, axis=-1).max(axis=-1) <= max_digits
-        Du = np.where(use_sm[..., None, None], Dsm_u, Dsd_u)
-        info["units_sign_magnitude"] = int(use_sm.sum())
-        del Dsd_u, Dsm_u, D_sm
-    else:
-        Du = _units_layout(np.moveaxis(D, 0, -1), perm, S)
+        Vu0 = _units_layout(V, perm, S)
+        D_sm = np.zeros(Vu0.shape + (P,), np.int8)
+        D_sm[..., :n_planes_sm] = np.moveaxis(
+            sign_magnitude_digits(Vu0.reshape(1, 1, -1), cell_bits, n_planes_sm).reshape((n_planes_sm,) + Vu0.shape), 0, -1)
+        forms = [("signed_digit", Du, None), ("sign_magnitude", D_sm, None)]
+        if twos_complement:
+            forms += [(name,) + two_complement_units(Vu0, cell_bits, P, mirror) for name, mirror in
+                      (("twos_complement", False), ("twos_complement_mirrored", True))]
+        best = Du
+        best_n = np.count_nonzero(segment_counts(Du), axis=(-2, -1))
+        best_d = np.count_nonzero(Du, axis=(-2, -1))
+        choice = np.zeros(best_n.shape, np.int8)
+        for i, (name, F, fits) in enumerate(forms[1:], start=1):
+            n = np.count_nonzero(segment_counts(F), axis=(-2, -1))
+            d = np.count_nonzero(F, axis=(-2, -1))
+            better = (n < best_n) | ((n == best_n) & (d < best_d))
+            if fits is not None:
+                better &= fits
+            if max_digits is not None:  # these forms may need more digits than max-digits allows
+                better &= np.count_nonzero(F, axis=-1).max(axis=-1) <= max_digits
+            best = np.where(better[..., None, None], F, best)
+            best_n = np.where(better, n, best_n)
+            best_d = np.where(better, d, best_d)
+            choice = np.where(better, i, choice)
+        Du = best
+        info["unit_forms"] = {f[0]: int(np.count_nonzero(choice == i)) for i, f in enumerate(forms)}
+        del forms, D_sm
     info["digits_per_weight_recoded"] = float(np.count_nonzero(Du)) / max(n_w, 1)
     info["nonempty_segments_recoded"] = int(np.count_nonzero(segment_counts(Du)))
     info["segments"] = int(2 * P * G * Du.shape[1] * C)
@@ -498,7 +571,8 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     Tu = _units_layout(np.asarray(T, np.float64), perm, S)
     E_cur = float(np.sum(s2 * (T - V) ** 2))
     allowed = (1.0 + budget) * E_q
-    cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed)
+    cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed,
+                  compensate == "all")
     E_fin, moves, rounds = cl.run(allowed, E_cur, max_segment_digits, max_rounds)
     D = np.moveaxis(_from_units(cl.Du, perm, R), -1, 0)
     Vn = _from_units(cl.Vu, perm, R)
@@ -545,6 +619,8 @@ class OrchestrateBits(Pass):
     max_rounds: int = 64
     pre_reorder: bool = True              # define segments in a provisional reorder row order
     pre_reorder_swaps: int = 4            # swap-refinement rounds of that provisional order
+    compensate: Literal["all", "lower"] = "all"   # planes a cleared weight may be re-represented on
+    twos_complement: bool = True          # offer the two's-complement unit form in step 1
 
     def __post_init__(self):
         if not (self.error_budget >= 0.0 and math.isfinite(self.error_budget)):
@@ -584,7 +660,7 @@ class OrchestrateBits(Pass):
                                               np.int64), L.groups, node.attrs)
             frozen = (V == 0) & (V0 != 0)
             E_q = layer_error_power(T, V0, s)
-            if E_q <= 0.0:
+            if E_q <= 0.0 or q.prequantized:  # float weights say nothing beyond the integers
                 E_q = float(np.sum((s ** 2)[:, None, :] * np.ones_like(T)) / 12.0)
             perm = L.row_perm
             if perm is None and self.pre_reorder:
@@ -596,8 +672,10 @@ class OrchestrateBits(Pass):
             D, Vn, info = orchestrate_matrix(V, T, s, frozen, cell_bits=cb, planes=P, signed=t.signed_digits,
                                              qmax=qmax, segment_rows=S, perm=perm, max_digits=self.max_digits,
                                              budget=self.error_budget, E_q=E_q, max_segment_digits=max_seg,
-                                             max_rounds=self.max_rounds)
-            assert np.array_equal(digits_value(D, cb), Vn)
+                                             max_rounds=self.max_rounds, compensate=self.compensate,
+                                             twos_complement=self.twos_complement)
+            if not np.array_equal(digits_value(D, cb), Vn):  # internal invariant, cheap to check
+                raise VerifyError(f"layer {L.id}: orchestrate-bits produced digits that do not add up")
             E_fin = layer_error_power(T, Vn, s)
             sig = float(np.sum((s ** 2)[:, None, :] * T ** 2))
             W_int = from_matrix(L.kind, Vn.astype(np.int32), tuple(q.w_int.shape), L.groups, node.attrs)
@@ -639,6 +717,8 @@ class OrchestrateBits(Pass):
                                        "final": tot["nonempty_segments_final"]},
                  "empty_segments": {"sign_magnitude": tot["segments_sign_magnitude"] - tot["nonempty_segments_sign_magnitude"],
                                     "final": tot["segments"] - tot["nonempty_segments_final"]},
+                 "nonempty_reduction_vs_sign_magnitude":
+                     1.0 - tot["nonempty_segments_final"] / max(tot["nonempty_segments_sign_magnitude"], 1),
                  "error_increase": (tot["E_final"] / tot["E_q"] - 1.0) if tot["E_q"] > 0 else 0.0,
                  "w_sqnr_db_before": qmath.sqnr_db(tot["signal"], tot["E_q"]),
                  "w_sqnr_db_after": qmath.sqnr_db(tot["signal"], tot["E_final"]),

@@ -40,7 +40,7 @@ import numpy as np
 
 from xbc.errors import OptionError, PassError
 from xbc.layer import Segment
-from xbc.packing import build_program, pack
+from xbc.packing import build_program, pack, pack_count
 from xbc.passmanager import Pass, PassResult, register
 
 
@@ -49,7 +49,7 @@ def _popcount_rows(packed: np.ndarray) -> np.ndarray:
     return np.add.reduce(np.bitwise_count(packed), axis=-1, dtype=np.int64)
 
 
-_MAGIC = np.uint64(0x0102040810204080)
+_MAGIC = np.uint64(0x8040201008040201)  # byte i (0/1) -> bit 7-i of the top byte
 
 
 def pack_support(cT: np.ndarray, binary: bool) -> np.ndarray:
@@ -58,8 +58,7 @@ def pack_support(cT: np.ndarray, binary: bool) -> np.ndarray:
     c, r = cT.shape
     if (binary and r % 8 == 0 and cT.strides[1] == 1 and cT.strides[0] % 8 == 0
             and cT.__array_interface__["data"][0] % 8 == 0 and c > 0):
-        words = np.lib.stride_tricks.as_strided(cT, (c, r // 8), (cT.strides[0], 8)).view(np.uint8)
-        w = np.ascontiguousarray(words).view(np.uint64)   # little-endian: cell 8k+i in byte i
+        w = cT.view(np.uint64)                            # [c, r/8]; cell 8k+i is byte i of word k
         return ((w * _MAGIC) >> np.uint64(56)).astype(np.uint8)
     return np.packbits(cT.view(np.bool_) if binary else cT != 0, axis=1)
 
@@ -80,25 +79,19 @@ def support_keys(packed: np.ndarray, count: np.ndarray, rows: int) -> np.ndarray
 
 class _Seg:
     """A squeezed segment: kept columns ``cols`` (in item order) of ``seg``, their packed row
-    supports ``packed`` ``[n, ceil(r/8)]`` and (lazily) their column tables and cells."""
+    supports ``packed`` ``[n, ceil(r/8)]`` and (lazily) their column tables."""
 
-    __slots__ = ("seg", "cols", "packed", "r", "_tables", "_sT")
+    __slots__ = ("seg", "cols", "packed", "r", "_tables")
 
     def __init__(self, seg, cols, packed, r):
         self.seg, self.cols, self.packed, self.r = seg, cols, packed, r
-        self._tables = self._sT = None
+        self._tables = None
 
     def tables(self):
         if self._tables is None:
             c = self.cols
             self._tables = (self.seg.col_index[c], self.seg.col_shift[c], self.seg.col_sign[c])
         return self._tables
-
-    def sT(self) -> np.ndarray:
-        """Kept columns' cells, column-major ``[n, r]`` (one gather per segment)."""
-        if self._sT is None:
-            self._sT = self.seg.cells.T[self.cols]
-        return self._sT
 
     def mask(self, lo: int, hi: int) -> np.ndarray:
         """Row mask of kept columns ``lo:hi``."""
@@ -167,10 +160,12 @@ def _segment_items(seg: Segment, Cx: int, split: bool, binary: bool):
 
 def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exact_limit: int,
                   time_limit: float, seed: int, workers: int, cell_bits: int = 8, offset: int = 0):
-    """Squeeze and pack one layer's segments. Returns ``(program, pieces, info)``.
+    """Squeeze and pack one layer's segments. Returns ``(program, pieces, placements, info)``.
 
     ``pieces`` are the placed rectangles as :class:`~xbc.layer.Segment` whose ``cells`` are views
-    into ``program.cells`` (no second copy of the cells is kept)."""
+    into ``program.cells`` (no second copy of the cells is kept); ``placements`` is in the
+    format of :func:`xbc.layer.assemble_program`, and ``assemble_program(pieces, placements, Rx,
+    Cx, offset)`` rebuilds ``program`` exactly (the tests check it)."""
     binary = cell_bits == 1
     per = [x for x in (_segment_items(seg, Cx, split, binary) for seg in segments) if x is not None]
     variants = [("whole", [it for w, _, _, _ in per for it in w])]
@@ -181,14 +176,12 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
     best = None
     for name, items in variants:
         shapes = [(it.nrows, it.hi - it.lo) for it in items]
-        res = pack(shapes, Rx, Cx, exact_limit=0, time_limit=0, seed=seed)
-        if best is None or len(res[0]) < len(best[2][0]):
-            best = (name, items, res, shapes)
-    name, items, res, shapes = best
-    if res[3] != "OPTIMAL" and exact_limit > 0 and time_limit > 0:
-        res = pack(shapes, Rx, Cx, exact_limit=exact_limit, time_limit=time_limit, seed=seed,
-                   workers=workers)
-    plc, lb, method, status = res
+        count, _, _ = pack_count(shapes, Rx, Cx, seed=seed)
+        if best is None or count < best[2]:
+            best = (name, items, count, shapes)
+    name, items, _, shapes = best
+    plc, lb, method, status = pack(shapes, Rx, Cx, exact_limit=exact_limit, time_limit=time_limit,
+                                   seed=seed, workers=workers)
     # pieces: every placed column range cut to the rows its own columns use
     pieces: list[Segment] = []
     sources: list[tuple[_Seg, int, int, np.ndarray | None]] = []
@@ -217,7 +210,7 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
     def fill(cells, flat):
         for x, k, r0, c0, _a, n in flat:
             s, lo, hi, mask = sources[k]
-            block = s.sT()[lo:hi]                           # [n, r] view
+            block = s.seg.cells.T[s.cols[lo:hi]]            # [n, r] gather of whole columns
             if mask is not None:
                 block = block[:, mask]
             r = block.shape[1]
@@ -229,7 +222,7 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
             "squeeze_variant": name, "squeeze_items": len(items),
             "kept_columns": int(sum(k[0] for *_, k in per)),
             "kept_cells": int(sum(k[1] for *_, k in per))}
-    return prog, pieces, info
+    return prog, pieces, placements, info
 
 
 @register
@@ -261,7 +254,7 @@ class Squeeze(Pass):
             if L.segments is None or L.program is None:
                 raise PassError(f"layer {L.id} ({node.name!r}) has no segments; run 'slice-bits' before 'squeeze'")
             before = L.program.n_crossbars
-            L.program, L.segments, info = squeeze_layer(
+            L.program, L.segments, _, info = squeeze_layer(
                 L.segments, t.rows, t.cols, split=self.split, exact_limit=self.exact_limit,
                 time_limit=self.time_limit, seed=seed, workers=self.workers, cell_bits=t.cell_bits,
                 offset=L.program.offset)

@@ -20,20 +20,43 @@ def quick_text():
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        rc = main(["bench", "--quick", "--models", "resnet_tiny", "--samples", "2", "--quiet"])
+        rc = main(["bench", "--quick", "--models", "tiny_cnn", "--samples", "2", "--quiet"])
     return rc, buf.getvalue()
 
 
+class FakeTTY:
+    def __init__(self):
+        self.parts = []
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.parts.append(s)
+
+    def flush(self):
+        pass
+
+
 @pytest.fixture(scope="module")
-def tiny_report():
-    return bench.run_bench(["tiny_cnn"], targets=("sme", "isaac"), samples=3, placement=False, sim=False)
+def tty():
+    return FakeTTY()
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tty):
+    from xbc.progress import Progress
+
+    with Progress(True, tty, interval=0.0) as prog:
+        return bench.run_bench(["tiny_cnn"], targets=("sme", "isaac"), samples=3, placement=False, sim=False,
+                               progress=prog)
 
 
 def test_quick_cli_prints_every_section(quick_text):
     rc, out = quick_text
     assert rc == 0, out
-    assert "== resnet_tiny: 18 crossbar layers (0 depthwise), 130,032 weights" in out
-    for col in ("configuration", "crossbars", "vs dense", "vs isaac", "top-1 agree %", "SQNR dB",
+    assert "== tiny_cnn: 6 crossbar layers (1 depthwise), 24,224 weights" in out
+    for col in ("configuration", "crossbars", "non-empty", "vs dense", "vs isaac", "top-1 agree %", "SQNR dB",
                 "compile s", "peak RSS MB"):
         assert col in out
     for row in ("sme dense", "sme +squeeze", "sme +orchestrate-bits", "sme +reorder", "isaac"):
@@ -41,7 +64,8 @@ def test_quick_cli_prints_every_section(quick_text):
     assert "paper (SME, arXiv 2103.01705 (abstract))" in out
     assert "seconds per pass:" in out and "quantize" in out and "total compile" in out
     assert "placement (sme), greedy vs CP-SAT:" in out and "cp-sat" in out
-    assert "simulator (sme): " in out and "ms/image" in out
+    assert "simulator (sme): " in out and "bit-serial" in out and "ms/image" in out
+    assert "sme summary crossbars: isaac" in out
     table = out.split("paper (")[0]
     assert "n/a" not in table and "error" not in table
 
@@ -54,7 +78,8 @@ def test_report_numbers_are_consistent(tiny_report):
     for r in rows.values():
         assert "error" not in r, r
         assert isinstance(r["crossbars"], int) and r["crossbars"] > 0
-        assert r["vs_isaac"] == round(rows["isaac"]["crossbars"] / r["crossbars"], 3)
+        assert r["vs_isaac"] == round(rows["isaac"]["crossbars"] / r["crossbars"], 4)
+        assert r["nonempty"] <= r["crossbars"]
         f = r["fidelity"]
         assert 0.0 <= f["top1_agree_pct"] <= 100.0 and f["n"] == 3
         assert np.isfinite(f["sqnr_db"]) and f["sqnr_db"] > 10.0
@@ -65,7 +90,11 @@ def test_report_numbers_are_consistent(tiny_report):
     assert rows["sme +squeeze"]["crossbars"] <= dense
     # the last ablation row maps exactly what the full pipeline maps
     assert rows["sme +reorder"]["crossbars"] == rows["sme"]["crossbars"]
-    assert rows["sme"]["vs_dense"] == round(dense / rows["sme"]["crossbars"], 3)
+    assert rows["sme"]["vs_dense"] == round(dense / rows["sme"]["crossbars"], 4)
+    # the dense ablation row is slice-bits' dense mapping, the summary's "dense" count
+    assert rows["sme"]["summary_crossbars"]["dense"] == dense
+    assert rows["sme"]["summary_crossbars"]["physical"] == rows["sme"]["crossbars"]
+    assert rows["isaac"]["summary_crossbars"]["isaac"] == rows["isaac"]["crossbars"]
     assert "vs_dense" not in rows["isaac"]          # isaac has no sparsity passes: no dense row
     assert m["placement"] == {"na": "disabled (--no-placement)"}
     text = bench.render_text(tiny_report)
@@ -73,19 +102,39 @@ def test_report_numbers_are_consistent(tiny_report):
     assert "simulator (sme): n/a (disabled (--no-sim))" in text
 
 
-def test_json_output():
+def test_progress_on_a_terminal(tiny_report, tty):
+    out = "".join(tty.parts)
+    for stage in ("building tiny_cnn", "tiny_cnn: compiling for sme", "tiny_cnn: sme +squeeze", "fidelity isaac",
+                  "\rorchestrate-bits", "\rsqueeze"):
+        assert stage in out, stage
+    assert out.endswith("\r") and out.split("\r")[-2].strip() == ""   # erased at the end
+
+
+def test_json_output_for_onnx_files(tmp_path):
+    """--model FILE (a dynamic-batch file fixed by --input-shape, and the README example) --json."""
     import io
+    import os
     from contextlib import redirect_stdout
 
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        rc = main(["bench", "--models", "tiny_cnn", "--targets", "isaac", "--samples", "1", "--no-placement",
-                   "--no-sim", "--json"])
-    assert rc == 0
-    rep = json.loads(buf.getvalue())
-    assert rep["schema"] == "xbc.bench" and rep["targets"] == ["isaac"]
-    (row,) = rep["models"][0]["rows"]
-    assert row["label"] == "isaac" and row["crossbars"] > 0
+    import onnx
+
+    models = bench.load_builders()
+    dyn = tmp_path / "dyn.onnx"
+    onnx.save(models.tiny_cnn(seed=5, batch=None), str(dyn))
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_cnn.onnx")
+    reps = []
+    for args in (["--model", str(dyn), "--input-shape", "input=2,3,32,32"], ["--model", example]):
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            rc = main(["bench", *args, "--targets", "isaac", "--samples", "1", "--no-placement", "--no-sim", "--json"])
+        assert rc == 0
+        reps.append(json.loads(buf.getvalue()))
+    for rep, name, n in zip(reps, ("dyn", "tiny_cnn"), (2, 1)):
+        assert rep["schema"] == "xbc.bench" and rep["targets"] == ["isaac"]
+        (m,) = rep["models"]
+        (row,) = m["rows"]
+        assert m["model"] == name and row["label"] == "isaac" and row["crossbars"] == 21
+        assert row["fidelity"]["n"] == n          # batch 2 -> two top-1 decisions per sample
 
 
 def test_ablation_pipelines():
@@ -122,7 +171,7 @@ def test_count_crossbars_counts_programmed_ones():
     p.cells = np.zeros((3, 4, 4), np.uint8)
     p.cells[0, 1, 2] = 1
     p.cells[2, 3, 3] = 1
-    assert bench.count_crossbars(G([L(p), L(None)])) == 2
+    assert bench.count_crossbars(G([L(p), L(None)])) == (3, 2)
     assert bench.count_crossbars(G([L(None)])) is None
 
 

@@ -462,23 +462,31 @@ def test_conservation_violation_is_caught(tiny, tmp_path, capsys):
 
 def test_placement_violations(tiny, tmp_path, capsys):
     res, src = tiny
-    cap = res.target.crossbars_per_tile
+    assert sum(n.layer.program.n_crossbars for n in res.graph.layers()) > 2
     b = _copy(src, tmp_path, "dup")
     m = json.loads((b / "mapping.json").read_text())
     a, c = m["layers"][0]["crossbars"][0], m["layers"][1]["crossbars"][0]
     c["tile"], c["slot"] = a["tile"], a["slot"]
     (b / "mapping.json").write_text(xb.dumps(m))
     _expect_error(["validate", str(b)], capsys, "placement", "share tile")
+    # the same placement judged against tiles of 2 crossbars (target edited, its hash recomputed)
     b = _copy(src, tmp_path, "over")
     m = json.loads((b / "mapping.json").read_text())
-    xbars = [c for e in m["layers"] for c in e["crossbars"]]
-    for k, c in enumerate(xbars[: cap + 1]):
-        c["tile"], c["slot"] = 0, k
+    m["target"]["crossbars_per_tile"] = 2
+    blob = json.dumps(m["target"], sort_keys=True, separators=(",", ":")).encode()
+    m["target_sha256"] = hashlib.sha256(blob).hexdigest()
     (b / "mapping.json").write_text(xb.dumps(m))
     _expect_error(["validate", str(b)], capsys, "placement")
+    tiles = np.array([c["tile"] for e in m["layers"] for c in e["crossbars"]])
+    worst = int(np.bincount(tiles).argmax())
     errs = xb.validate_bundle(b, raise_on_error=False).errors
-    assert any(f"tile 0 holds {cap + 1} crossbars, over its capacity of {cap}" in e for e in errs), errs
-    assert any(f"slot {cap}, outside" in e for e in errs), errs
+    assert any(f"tile {worst} holds {int(np.bincount(tiles).max())} crossbars, over its capacity of 2" in e
+               for e in errs), errs
+    assert any("outside the target's" in e for e in errs), errs
+    # an edited target without a matching hash is reported as such
+    m["target_sha256"] = "0" * 64
+    (b / "mapping.json").write_text(xb.dumps(m))
+    assert any("target_sha256" in e for e in xb.validate_bundle(b, raise_on_error=False).errors)
     b = _copy(src, tmp_path, "unplaced")
     m = json.loads((b / "mapping.json").read_text())
     m["layers"][2]["crossbars"][0]["tile"] = None

@@ -184,3 +184,30 @@ def test_pruned_weights_stay_zero():
     from xbc.passes.cim_sparsity import group_mask_to_matrix
     z = group_mask_to_matrix(mask, W.shape, None, None, 16, 4)
     assert np.all(W[z] == 0)
+
+
+def test_twos_complement_form_on_mixed_sign_units():
+    from xbc.passes.orchestrate_bits import orchestrate_matrix
+
+    rng = np.random.default_rng(4)
+    V = np.clip(np.rint(rng.laplace(0, 20, (1, 128, 16))), -127, 127).astype(np.int64)
+    kw = dict(cell_bits=1, planes=8, signed=True, qmax=127, segment_rows=128, perm=None, max_digits=None,
+              budget=0.0, E_q=1.0, max_segment_digits=128, max_rounds=8)
+    D, Vn, info = orchestrate_matrix(V, V.astype(np.float64), np.ones((1, 16)), np.zeros(V.shape, bool), **kw)
+    assert np.array_equal(Vn, V) and np.array_equal(digits_value(D, 1), V)
+    sm = info["nonempty_segments_sign_magnitude"]
+    assert info["nonempty_segments_final"] <= 0.65 * sm                    # 14 -> 8 pairs per unit
+    assert info["unit_forms"]["twos_complement"] + info["unit_forms"]["twos_complement_mirrored"] > 0
+    D2, _, info2 = orchestrate_matrix(V, V.astype(np.float64), np.ones((1, 16)), np.zeros(V.shape, bool),
+                                      twos_complement=False, **kw)
+    assert info2["nonempty_segments_recoded"] >= 0.9 * sm
+    assert np.array_equal(digits_value(D2, 1), V)
+
+
+def test_lower_plane_compensation_keeps_the_budget():
+    res = _run(MODELS["dense_conv"], "compensate=lower,error-budget=1")
+    node = next(res.graph.layers())
+    E, E_q = _float_error(node)
+    assert E <= 2.0 * E_q * (1 + 1e-9)
+    st = res.ctx.stats["orchestrate-bits"]["nonempty_segments"]
+    assert st["final"] < st["recoded"]

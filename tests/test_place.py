@@ -224,7 +224,9 @@ def test_determinism_same_options_same_placement():
         assert np.array_equal(ta, tb) and np.array_equal(sa, sb)
     strip = lambda r: {k: v for k, v in r.items() if "seconds" not in k and k != "stages"}  # noqa: E731
     assert strip(a.report) == strip(b.report)
-    assert a.report["deterministic"]
+    # stopped by the deterministic budget, not by proving optimality: the case that needs care
+    assert a.report["status"] == "FEASIBLE" and a.report["deterministic"]
+    assert a.report["deterministic_time"] == pytest.approx(0.2, abs=0.02)
     assert_valid(inst, a.slots)
     assert a.report["objective"] <= a.report["greedy_objective"]
 

@@ -7,15 +7,20 @@ their ONNX definitions (direct sums over kernel offsets; ConvTranspose as a scat
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from tests.graphs import all_crossbar_models, tiny_cnn
 from xbc import ortutil
 from xbc.backends.sim.engine import CrossbarKernel, conv_geometry, im2col, quantize_input
+from xbc.backends.sim.runner import Simulator, compare, simulate
 from xbc.backends.sim.testing import make_spec
+from xbc.bundle import read_bundle, write_bundle
+from xbc.compiler import compile_model
 from xbc.layer import to_matrix
 
 
@@ -248,23 +253,12 @@ def test_quantize_input_semantics():
 # whole bundles from the real compile pipeline (the target's default pipeline)
 # ----------------------------------------------------------------------------------------
 
-from tests.graphs import all_crossbar_models, tiny_cnn  # noqa: E402
-from xbc.backends.sim.runner import Simulator, compare, simulate  # noqa: E402
-from xbc.bundle import read_bundle, write_bundle  # noqa: E402
-from xbc.compiler import compile_model  # noqa: E402
 
 TARGETS = ("sme", "isaac", "bitslice", "mars")
 
 
-def _pipeline(target):  # TEMP while 'estimate' is being written: drop passes not registered yet
-    import xbc.passes  # noqa: F401
-    from xbc import targets
-    from xbc.passmanager import registry
-    return ",".join(p for p in targets.load(target).pipeline.split(",") if p.split("{")[0] in registry())
-
-
 def compile_bundle(model, target, path, overrides=()):
-    res = compile_model(model, target, overrides=overrides, pipeline=_pipeline(target))
+    res = compile_model(model, target, overrides=overrides)
     write_bundle(res, path)
     return res, read_bundle(path)
 
@@ -324,7 +318,7 @@ def test_simulator_agrees_with_effective_model(tmp_path):
     for name in ("tiny_cnn", "grouped_conv_transpose", "matmul_left", "gemm", "strided_dilated_conv"):
         model = all_crossbar_models()[name]
         for target in ("sme", "isaac", "mars"):
-            res = compile_model(model, target, pipeline=_pipeline(target))
+            res = compile_model(model, target)
             write_bundle(res, tmp_path / f"{name}_{target}")
             feeds = [ortutil.random_inputs(model, seed=s) for s in range(2)]
             sim = simulate(tmp_path / f"{name}_{target}", feeds, mode="ideal")
@@ -382,7 +376,7 @@ def test_runner_segments_multi_io(tmp_path):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    res = compile_model(model, "isaac", pipeline=_pipeline("isaac"))
+    res = compile_model(model, "isaac")
     write_bundle(res, tmp_path / "b")
     from xbc.effective import effective_model
     eff = ortutil.session(effective_model(res.graph))
@@ -433,7 +427,7 @@ def tiny_bundle(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     model = tiny_cnn(seed=12)
     onnx.save(model, d / "tiny.onnx")
-    res = compile_model(str(d / "tiny.onnx"), "sme", pipeline=_pipeline("sme"))
+    res = compile_model(str(d / "tiny.onnx"), "sme")
     write_bundle(res, d / "b")
     write_bundle(res, d / "b.xbc", zip=True)
     return d, model
@@ -513,6 +507,3 @@ def test_cli_wrong_npz_names_the_input(tiny_bundle, capsys):
     np.save(d / "bad.npy", np.zeros((1, 3, 15, 16), np.float32))
     code, _, err = _cli(["simulate", d / "b", "--input", d / "bad.npy"], capsys)
     assert code == 2 and "[1, 3, 15, 16]" in err and "[1, 3, 16, 16]" in err
-
-
-import json  # noqa: E402

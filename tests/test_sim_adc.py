@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
+from tests.graphs import tiny_cnn
 from xbc import ortutil
 from xbc.backends.sim.engine import CrossbarKernel
+from xbc.backends.sim.runner import compare, simulate
 from xbc.backends.sim.testing import make_spec
+from xbc.bundle import read_bundle, write_bundle
+from xbc.compiler import compile_model
 from xbc.layer import to_matrix
 
 # ----------------------------------------------------------------------------------------
@@ -120,20 +125,14 @@ def test_clipping_only_lowers_positive_and_negative_column_sets():
 # whole bundles: --adc-bits at simulate, --set adc_bits at compile, the CLI report
 # ----------------------------------------------------------------------------------------
 
-from tests.graphs import tiny_cnn  # noqa: E402
-from tests.test_sim import _pipeline  # noqa: E402
-from xbc.backends.sim.runner import compare, simulate  # noqa: E402
-from xbc.bundle import read_bundle, write_bundle  # noqa: E402
-from xbc.compiler import compile_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bitslice_bundle(tmp_path_factory):
     d = tmp_path_factory.mktemp("adc")
     model = tiny_cnn(seed=12)
-    import onnx
     onnx.save(model, d / "tiny.onnx")
-    res = compile_model(str(d / "tiny.onnx"), "bitslice", pipeline=_pipeline("bitslice"))
+    res = compile_model(str(d / "tiny.onnx"), "bitslice")
     write_bundle(res, d / "b")
     return d, model
 
@@ -158,7 +157,7 @@ def test_fewer_adc_bits_clip_more_and_lose_fidelity(bitslice_bundle):
 
 def test_compile_time_adc_bits_equals_simulate_override(bitslice_bundle, tmp_path):
     d, model = bitslice_bundle
-    res = compile_model(str(d / "tiny.onnx"), "bitslice", overrides=["adc_bits=4"], pipeline=_pipeline("bitslice"))
+    res = compile_model(str(d / "tiny.onnx"), "bitslice", overrides=["adc_bits=4"])
     write_bundle(res, tmp_path / "b4")
     feeds = [ortutil.random_inputs(model, seed=s) for s in range(2)]
     a = simulate(tmp_path / "b4", feeds)

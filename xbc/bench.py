@@ -57,10 +57,9 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -69,7 +68,7 @@ import onnx
 from .errors import OptionError, XbcError
 
 DEFAULT_MODELS = ("resnet50", "mobilenet_v2")
-QUICK_MODELS = ("resnet_tiny", "mobilenet_tiny")
+QUICK_MODELS = ("tiny_cnn", "mobilenet_tiny")
 SPARSITY_PASSES = ("orchestrate-bits", "reorder", "cim-sparsity", "squeeze")
 POST_PASSES = ("adc-size", "place", "estimate")
 PAPER = {
@@ -345,6 +344,16 @@ def _row(label: str, target: str, pipeline: str | None, src: ModelSource, opts: 
         row["crossbars"] = row["nonempty"] = _na("no crossbar program: the pipeline has no slice-bits")
     else:
         row["crossbars"], row["nonempty"] = xb
+    try:
+        from .summary import summarize  # noqa: PLC0415
+        summ = summarize(res)
+        row["summary_crossbars"] = summ.get("crossbars", {})
+        row["summary_reduction"] = summ.get("reduction", {})
+        if "adc" in summ:
+            row["adc"] = {k: summ["adc"][k] for k in ("max_bits", "clipping_columns", "target_bits") if k in summ["adc"]}
+        row["warnings"] = len(summ.get("warnings", []))
+    except Exception as e:  # noqa: BLE001
+        row["summary_crossbars"] = _na(f"xbc.summary.summarize failed ({_reason(e)})")
     row["stage_counts"] = stage_counts(res.graph)
     if opts.fidelity and feeds:
         try:
@@ -405,17 +414,21 @@ def _sim_section(res, src: ModelSource, opts: BenchOptions, feeds) -> dict[str, 
         from .bundle import write_bundle  # noqa: PLC0415
     except Exception as e:  # noqa: BLE001
         return _na(f"xbc.bundle unavailable ({_reason(e)})")
-    n = opts.sim_samples if opts.sim_samples is not None else min(len(feeds), 2 if not opts.quick else 2)
+    n = max(1, min(len(feeds), opts.sim_samples if opts.sim_samples is not None else 2))
+    lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="xbc-bench-") as tmp:
         try:
             path = write_bundle(res, os.path.join(tmp, "bundle"))
         except Exception as e:  # noqa: BLE001
             return _na(f"write_bundle failed ({_reason(e)})")
         try:
-            out = simbench.bench_sim(path, feeds=feeds[:max(1, n)])
+            out = simbench.bench_sim(path, feeds=feeds[:n], model=_fixed_model(src), seed=opts.seed,
+                                     print_fn=lines.append)
         except Exception as e:  # noqa: BLE001
             return _na(f"bench_sim failed ({_reason(e)})")
-    return out if isinstance(out, dict) else {"result": out}
+    out = dict(out) if isinstance(out, dict) else {"result": out}
+    out["lines"] = "\n".join(lines).splitlines()
+    return out
 
 
 def bench_model(src: ModelSource, opts: BenchOptions, progress=None) -> dict[str, Any]:
@@ -450,7 +463,9 @@ def bench_model(src: ModelSource, opts: BenchOptions, progress=None) -> dict[str
             progress.message(f"{src.name}: compiling for {t}")
         row, res = _row(t, t, None, src, opts, feeds, ref, progress)
         row["kind"] = "target"
-        full[t] = res
+        if t == opts.targets[0]:
+            full[t] = res          # placement and simulator sections use the first target's compile
+        del res
         rows.append(row)
         if opts.ablation:
             for label, pipe in ablation_pipelines(tgt.pipeline):
@@ -469,9 +484,9 @@ def bench_model(src: ModelSource, opts: BenchOptions, progress=None) -> dict[str
         dense = next((d.get("crossbars") for d in rows
                       if d["target"] == r["target"] and d.get("step") == "dense"), None)
         if isinstance(dense, int) and dense > 0:
-            r["vs_dense"] = round(dense / xb, 3)
+            r["vs_dense"] = round(dense / xb, 4)
         if isinstance(isaac, int) and isaac > 0:
-            r["vs_isaac"] = round(isaac / xb, 3)
+            r["vs_isaac"] = round(isaac / xb, 4)
     rep["rows"] = rows
     rep["paper"] = PAPER.get(src.name)
     first = opts.targets[0] if opts.targets else None
@@ -581,13 +596,24 @@ def render_text(report: dict[str, Any]) -> str:
         else:
             out.append(f"   paper ({report['paper']}): no claim for this model (claims: ResNet-50 8.7x, "
                        f"MobileNet-v2 2.1x, < 0.3% top-1 drop)")
-        known = ["crossbars_isaac", "crossbars_dense", "crossbars_dense_layout", "crossbars_sliced",
-                 "crossbars_before", "crossbars_squeezed"]
         for r in m["rows"]:
-            if r.get("kind") == "target" and r.get("stage_counts"):
-                sc = r["stage_counts"]
+            if r.get("kind") != "target" or "error" in r:
+                continue
+            sc = r.get("summary_crossbars")
+            if isinstance(sc, dict) and "na" in sc:
+                out.append(f"   {r['label']} summary: n/a ({sc['na']})")
+            elif sc:
+                known = ["isaac", "dense", "sliced", "squeezed", "lower_bound", "physical"]
                 order = sorted(sc, key=lambda k: (known.index(k) if k in known else len(known), k))
-                out.append(f"   {r['label']} layer.stats sums: " + ", ".join(f"{k[10:]} {sc[k]:,}" for k in order))
+                line = ", ".join(f"{k} {sc[k]:,}" for k in order if isinstance(sc[k], (int, float)))
+                red = r.get("summary_reduction") or {}
+                if red:
+                    line += "; reduction " + ", ".join(f"{k} {_num(v, '{:.2f}x')}" for k, v in red.items())
+                adc = r.get("adc")
+                if adc:
+                    line += f"; ADC bits needed max {adc.get('max_bits')} (target {adc.get('target_bits')}), " \
+                            f"{adc.get('clipping_columns', 0):,} clipping columns"
+                out.append(f"   {r['label']} summary crossbars: {line}")
         # seconds per pass
         targ = [r for r in m["rows"] if r.get("kind") == "target" and "pass_seconds" in r]
         if targ:
@@ -609,7 +635,9 @@ def render_text(report: dict[str, Any]) -> str:
         if isinstance(sim, dict) and "na" in sim:
             out.append(f"   simulator ({tgt0}): n/a ({sim['na']})")
         elif sim:
-            out.append(f"   simulator ({tgt0}): " + _sim_line(sim, m))
+            lines = sim.get("lines") or [_sim_line(sim, m)]
+            out.append(f"   simulator ({tgt0}): " + lines[0])
+            out += ["     " + s for s in lines[1:]]
         out.append("")
     out.append(f"total {report['seconds']:.1f} s, process peak RSS {report['process_peak_rss_mb']:.0f} MB")
     return "\n".join(out)
@@ -647,7 +675,7 @@ def _split(s: str | None) -> tuple[str, ...]:
 @click.option("--model", "model_files", multiple=True, type=click.Path(dir_okay=False),
               help="Benchmark this ONNX file too (repeatable); with only --model, no built-in model runs.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D1,D2,..",
-              help="Fix a dynamic input shape of a --model file (repeatable).")
+              help="Fix a dynamic input shape of the --model files that have this input (repeatable).")
 @click.option("--targets", default="sme,isaac", show_default=True, help="Targets to compile for (comma separated).")
 @click.option("--samples", default=None, type=int, help="Random inputs for fidelity and timing (default 8; 4 with --quick).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the model builders and of the compiles.")

@@ -405,14 +405,8 @@ def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
 
 
 def _stats(result) -> dict[str, Any]:
-    try:
-        from .summary import summarize  # noqa: PLC0415
-    except ModuleNotFoundError as err:  # summary.py not present in this build
-        if err.name != "xbc.summary":
-            raise
-        layers = {n.layer.id: {"crossbars": n.layer.program.n_crossbars} for n in result.graph.layers()
-                  if n.layer.program is not None}
-        return {"layers": layers, "crossbars": {"physical": sum(v["crossbars"] for v in layers.values())}}
+    from .summary import summarize  # noqa: PLC0415
+
     return summarize(result)
 
 

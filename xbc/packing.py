@@ -142,13 +142,18 @@ def lower_bound(items: Sequence[tuple[int, int]], Rx: int, Cx: int) -> int:
     m = -(-c // Cx)
     lb = int(-(-int(c.sum()) // Cx))
     lb = max(lb, _l2(np.repeat(r, m), Rx))
-    # for a fixed set A the smallest t is best, so only t = Rx - r + 1 (r > Rx/2) matter
-    for t in np.unique(Rx - r[2 * r > Rx] + 1).tolist():
-        if t > Rx // 2:
-            continue
-        A = r > Rx - t
-        B = (r >= t) & ~A
-        lb = max(lb, int(m[A].sum()) + int(-(-int(c[B].sum()) // Cx)))
+    # conflict bound; for a fixed set A the smallest t is best, so only t = Rx - r + 1 (r > Rx/2)
+    ts = np.unique(Rx - r[2 * r > Rx] + 1)
+    ts = ts[ts <= Rx // 2]
+    if ts.size:
+        o = np.argsort(r, kind="stable")
+        rs = r[o]
+        cm = np.concatenate(([0], np.cumsum(m[o])))
+        cc = np.concatenate(([0], np.cumsum(c[o])))
+        a0 = np.searchsorted(rs, Rx - ts, side="right")     # A = rs[a0:]  (r > Rx - t)
+        b0 = np.searchsorted(rs, ts, side="left")           # B \ A = rs[b0:a0]  (t <= r <= Rx - t)
+        lbt = (cm[-1] - cm[a0]) + (-(-(cc[a0] - cc[np.minimum(b0, a0)]) // Cx))
+        lb = max(lb, int(lbt.max()))
     return lb
 
 
@@ -183,6 +188,19 @@ class _Bins:
         self.content.append({})
         self.n += 1
         return self.n - 1
+
+    def open_full(self, item: int, r: int, k: int) -> None:
+        """Open ``k`` bins, each holding ``Cx`` columns of ``item``."""
+        need = self.n + k
+        if need > len(self.fr):
+            grow = max(need, 2 * len(self.fr)) - len(self.fr)
+            self.fr = np.concatenate((self.fr, np.zeros(grow, np.int64)))
+            self.fc = np.concatenate((self.fc, np.zeros(grow, np.int64)))
+        self.fr[self.n:need] = self.Rx - r
+        self.fc[self.n:need] = 0
+        self.content.extend({item: self.Cx} for _ in range(k))
+        self.where.setdefault(item, []).extend(range(self.n, need))
+        self.n = need
 
     def put(self, b: int, item: int, r: int, n: int) -> None:
         d = self.content[b]
@@ -247,15 +265,30 @@ class _Bins:
                     continue
             if not allow_open:
                 return False
+            if rem >= self.Cx:  # full-width pieces: nothing open can take them, open them at once
+                self.open_full(item, r, rem // self.Cx)
+                rem -= (rem // self.Cx) * self.Cx
+                continue
             b = self.open()
-            k = min(rem, self.Cx)
-            self.put(b, item, r, k)
-            rem -= k
+            self.put(b, item, r, rem)
+            rem = 0
         return True
 
 
 def _greedy(order, items, Rx, Cx, split: bool) -> _Bins:
     bins = _Bins(Rx, Cx, sum(-(-items[i][1] // Cx) for i in order))
+    if not split:
+        # without splitting into open bins, an item's full-width pieces always open bins of their
+        # own that nothing else can use: open them all first, then place the remainders
+        for i in order:
+            r, c = items[i]
+            if c >= Cx:
+                bins.open_full(i, r, c // Cx)
+        for i in order:
+            r, c = items[i]
+            if c % Cx:
+                bins.place(i, r, c % Cx, split)
+        return bins
     for i in order:
         r, c = items[i]
         bins.place(i, r, c, split)
@@ -288,6 +321,7 @@ def _repair(bins: _Bins, items, lb: int, budget: int = 400) -> _Bins:
 
 
 def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
+    """Greedy over several orders and both split modes; the four best results are repaired."""
     a = np.asarray([items[i] for i in idx], dtype=np.int64).reshape(-1, 2)
     r, c = a[:, 0], a[:, 1]
     ids = np.asarray(idx)
@@ -298,20 +332,24 @@ def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
         ids[np.lexsort((c, -r))],
     ]
     rng = np.random.default_rng(seed)
-    n_random = 4 if len(idx) <= 2000 else 1
-    for _ in range(n_random):
+    for _ in range(4 if len(idx) <= 200 else 1 if len(idx) <= 2000 else 0):
         noise = rng.uniform(0.0, 0.25 * Rx, size=len(idx))
         orders.append(ids[np.argsort(-(r + noise), kind="stable")])
-    best = None
+    results: list[_Bins] = []
     for order in orders:
-        for split in (True, False):
+        for split in (False, True):
             bins = _greedy(order.tolist(), items, Rx, Cx, split)
-            if len(bins.content) > lb:
-                bins = _repair(bins, items, lb)
-            if best is None or len(bins.content) < len(best.content):
-                best = bins
-            if len(best.content) <= lb:
-                return best
+            if bins.n <= lb:
+                return bins
+            results.append(bins)
+    results.sort(key=lambda b: b.n)  # stable: ties keep the deterministic order above
+    best = results[0]
+    for bins in results[:4]:
+        bins = _repair(bins, items, lb)
+        if bins.n < best.n:
+            best = bins
+        if best.n <= lb:
+            break
     return best
 
 
@@ -371,23 +409,17 @@ def _exact(idx: list[int], items, Rx, Cx, B: int, lb: int, time_limit: float, se
 # entry point
 # ----------------------------------------------------------------------------------------
 
-def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int = 24,
-         time_limit: float = 5.0, seed: int = 0, workers: int = 1
-         ) -> tuple[Placement, int, str, str]:
-    """Pack ``items`` = [(rows, cols)] into Rx x Cx bins (see module docstring).
-
-    Returns ``(placements, lower_bound, method, status)``: ``method`` is ``"heuristic"`` or
-    ``"cp-sat"``, ``status`` is ``"OPTIMAL"`` (count equals the bound, or CP-SAT proved it) or
-    ``"FEASIBLE"``. When optimality is proven the reported bound equals the count.
-    """
-    items = [(int(r), int(c)) for r, c in items]
+def _solve(items: list[tuple[int, int]], Rx: int, Cx: int, exact_limit: int, time_limit: float,
+           seed: int, workers: int):
+    """Returns (alone item ids, bins of the other items, count, lower bound, method, status)."""
     for k, (r, c) in enumerate(items):
         if not (1 <= r <= Rx) or c < 1:
             raise ValueError(f"item {k} has shape {r}x{c}; rows must be in 1..{Rx}, columns >= 1")
-    lb = lower_bound(items, Rx, Cx)
     if not items:
-        return [], 0, "heuristic", "OPTIMAL"
-    rows = np.asarray([r for r, _ in items], dtype=np.int64)
+        return [], [], 0, 0, "heuristic", "OPTIMAL"
+    arr = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+    lb = lower_bound(arr, Rx, Cx)
+    rows = arr[:, 0]
     # items that can share a bin with no other item take ceil(c/Cx) bins of their own
     if len(items) > 1:
         srt = np.sort(rows)
@@ -395,17 +427,12 @@ def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int
     else:
         min_other = np.full(1, Rx + 1)
     alone = rows + min_other > Rx
-    bins_alone: list[dict[int, int]] = []
-    for i in np.flatnonzero(alone).tolist():
-        c = items[i][1]
-        for a in range(0, c, Cx):
-            bins_alone.append({i: min(Cx, c - a)})
+    n_alone = int((-(-arr[alone, 1] // Cx)).sum())
     rest = np.flatnonzero(~alone).tolist()
     method, status = "heuristic", "FEASIBLE"
     rest_bins: list[dict[int, int]] = []
     if rest:
-        rest_items = [items[i] for i in rest]
-        lb_rest = lower_bound(rest_items, Rx, Cx)
+        lb_rest = lower_bound(arr[rest], Rx, Cx)
         h = _heuristic(rest, items, Rx, Cx, lb_rest, seed)
         rest_bins = h.content
         if len(rest_bins) <= lb_rest:
@@ -418,13 +445,38 @@ def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int
                 rest_bins, method, status = sol, "cp-sat", "OPTIMAL"
     else:
         status = "OPTIMAL"
-    all_bins = bins_alone + rest_bins
+    count = n_alone + len(rest_bins)
     if status == "OPTIMAL":
-        lb = max(lb, len(all_bins))
-    # column ranges: each item's pieces take consecutive ranges in bin order
-    nxt = [0] * len(items)
+        lb = max(lb, count)
+    return np.flatnonzero(alone).tolist(), rest_bins, count, int(lb), method, status
+
+
+def pack_count(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, seed: int = 0) -> tuple[int, int, str]:
+    """Heuristic bin count only (no CP-SAT, no placements): ``(count, lower_bound, status)``."""
+    items = [(int(r), int(c)) for r, c in items]
+    _, _, count, lb, _, status = _solve(items, Rx, Cx, 0, 0.0, seed, 1)
+    return count, lb, status
+
+
+def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int = 24,
+         time_limit: float = 5.0, seed: int = 0, workers: int = 1
+         ) -> tuple[Placement, int, str, str]:
+    """Pack ``items`` = [(rows, cols)] into Rx x Cx bins (see module docstring).
+
+    Returns ``(placements, lower_bound, method, status)``: ``method`` is ``"heuristic"`` or
+    ``"cp-sat"``, ``status`` is ``"OPTIMAL"`` (count equals the bound, or CP-SAT proved it) or
+    ``"FEASIBLE"``. When optimality is proven the reported bound equals the count.
+    """
+    items = [(int(r), int(c)) for r, c in items]
+    alone, rest_bins, count, lb, method, status = _solve(items, Rx, Cx, exact_limit, time_limit,
+                                                         seed, workers)
     placements: Placement = []
-    for d in all_bins:
+    for i in alone:
+        c = items[i][1]
+        placements.extend([(i, 0, 0, a, min(a + Cx, c))] for a in range(0, c, Cx))
+    # other items: each item's pieces take consecutive column ranges in bin order
+    nxt = [0] * len(items)
+    for d in rest_bins:
         row0 = col0 = 0
         plc = []
         for i, n in d.items():
@@ -434,7 +486,7 @@ def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int
             row0 += items[i][0]
             col0 += n
         placements.append(plc)
-    assert all(nxt[i] == items[i][1] for i in range(len(items)))
+    assert len(placements) == count
     return placements, lb, method, status
 
 

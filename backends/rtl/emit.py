@@ -68,6 +68,12 @@ class RTLMismatch(XbcError):
     exit_code = 1
 
 
+class RTLLintError(XbcError):
+    """Verilator found a problem in the generated RTL (a bug: report it)."""
+
+    exit_code = 1
+
+
 def _template(name: str) -> str:
     return (resources.files(__package__) / "templates" / name).read_text()
 
@@ -157,7 +163,7 @@ def plan_layer(spec: LayerSpec, name: str) -> LayerPlan:
         per_out = np.zeros(spec.groups * spec.cols)
         np.add.at(per_out, dst, term)
         bound += float(per_out.max())
-    acc_w = max(2, int(math.ceil(math.log2(bound + 1.0))) + 2)
+    acc_w = max(spec.adc_bits + 1, int(math.ceil(math.log2(bound + 1.0))) + 2)
     if acc_w > ACC_W_MAX:
         raise OptionError(f"layer {spec.id}: accumulators need {acc_w} bits, more than the {ACC_W_MAX} "
                           f"the RTL backend supports; emit fewer or smaller layers (--layers)")
@@ -205,8 +211,10 @@ def parse_hex(text: str, width: int) -> np.ndarray:
 # stimulus and expected values
 # ----------------------------------------------------------------------------------------
 
-def make_stimulus(spec: LayerSpec, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` xq vectors ``[n, G, R]`` (int64); see the module docstring."""
+def random_stimulus(spec: LayerSpec, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` synthetic xq vectors ``[n, G, R]`` (int64): the first drives every input at its
+    maximum (the worst case for ADC saturation), the others are uniform in ``[0, 2**input_bits)``,
+    every fourth with half of its inputs zeroed. Deterministic in ``seed`` and the layer id."""
     rng = np.random.default_rng([int(seed), zlib.crc32(spec.id.encode())])
     hi = 1 << spec.input_bits
     xq = rng.integers(0, hi, size=(n, spec.groups, spec.rows), dtype=np.int64)
@@ -218,29 +226,104 @@ def make_stimulus(spec: LayerSpec, n: int, seed: int = 0) -> np.ndarray:
     return xq
 
 
-def _simulator_acc(spec: LayerSpec, xq: np.ndarray) -> np.ndarray | None:
-    """Accumulators from the simulator's bit-serial kernel, or ``None`` if it is not available."""
-    try:
-        from xbc.backends.sim import kernel  # noqa: PLC0415
-    except ImportError:
-        return None
-    fn = getattr(kernel, "layer_acc", None)
-    if fn is None:
-        return None
-    return np.asarray(fn(spec, xq), dtype=np.int64).reshape(xq.shape[0], spec.groups, spec.cols)
+def model_stimulus(bundle, layer_ids: list[str], n: int, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Real crossbar inputs: the simulator runs the whole bundle (bit-serial mode) on one random
+    N(0, 1) input (``seed``, as ``xbc simulate --random 1``) and records every layer's quantized
+    input and integer accumulators. Per layer, up to ``n`` of its input vectors (im2col rows,
+    chosen at random without repetition, kept in order) and their accumulators are returned
+    as ``{id: (xq [k, G, R], acc [k, G, C])}``."""
+    from xbc.backends.sim.cli import build_feeds            # noqa: PLC0415
+    from xbc.backends.sim.engine import conv_geometry, im2col  # noqa: PLC0415
+    from xbc.backends.sim.runner import Simulator           # noqa: PLC0415
+
+    sim = Simulator(bundle, mode="bit-serial")
+    feeds = build_feeds(bundle.graph, None, None, None, 1, seed)
+    res = sim.run(feeds[0], record=True)
+    out = {}
+    for lid in layer_ids:
+        spec = bundle.layers[lid]
+        xq = np.asarray(res.layer_xq[lid])
+        acc = np.asarray(res.layer_acc[lid], dtype=np.int64)
+        G, R, C = spec.groups, spec.rows, spec.cols
+        if spec.kind in ("conv", "conv_transpose"):
+            geom = conv_geometry(spec.kind, spec.attrs, tuple(spec.weight_shape), xq.shape[2:])
+            patches = im2col(xq, geom, G, float(spec.x_zero_point))            # [G, P, R]
+            acc = np.moveaxis(acc, 1, -1).reshape(-1, G * C)                  # [P, G*C]
+        else:
+            patches = xq.reshape(1, -1, R)
+            acc = acc.reshape(-1, G * C)
+        vecs = np.rint(patches).astype(np.int64).transpose(1, 0, 2)           # [P, G, R]
+        rng = np.random.default_rng([int(seed), zlib.crc32(lid.encode()), 1])
+        pick = np.sort(rng.choice(vecs.shape[0], size=min(n, vecs.shape[0]), replace=False))
+        out[lid] = (vecs[pick], acc[pick].reshape(-1, G, C))
+    return out
 
 
-def expected_acc(spec: LayerSpec, xq: np.ndarray) -> tuple[np.ndarray, str]:
-    """Expected ``acc[n, g, c]`` and where it came from (simulator kernel or golden model)."""
+def _vector_view(spec: LayerSpec) -> LayerSpec:
+    """The same crossbar program as a grouped 1x1 convolution on a 1x1 image, so that the
+    simulator's kernel runs given xq vectors directly (x_scale 1, zero point 0: xq = x)."""
+    G, R, C = spec.groups, spec.rows, spec.cols
+    wshape = (G * C, R, 1, 1)
+    attrs = {"group": G, "kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1]}
+    return LayerSpec(id=spec.id, kind="conv", groups=G, rows=R, cols=C, attrs=attrs, weight_shape=wshape,
+                     input_bits=spec.input_bits, weight_bits=spec.weight_bits, x_scale=1.0, x_zero_point=0,
+                     w_scale=np.ones(G * C), w_int=np.zeros(wshape, np.int32), bias=None, row_perm=None,
+                     col_perm=None, program=spec.program, cell_bits=spec.cell_bits, dac_bits=spec.dac_bits,
+                     adc_bits=spec.adc_bits, rows_active=spec.rows_active)
+
+
+def simulator_acc(spec: LayerSpec, xq: np.ndarray) -> np.ndarray:
+    """Accumulators ``acc[n, g, c]`` of the simulator's bit-serial kernel for given xq vectors."""
+    from xbc.backends.sim.engine import CrossbarKernel  # noqa: PLC0415
+
+    N, G, R = xq.shape
+    kernel = CrossbarKernel(_vector_view(spec), mode="bit-serial")
+    run = kernel.run(np.asarray(xq, np.float32).reshape(N, G * R, 1, 1), record=True)
+    return np.asarray(run.acc, dtype=np.int64).reshape(N, G, spec.cols)
+
+
+SIM_SOURCE = "the xbc simulator's bit-serial kernel (cross-checked with backends/rtl/golden.py)"
+
+
+def expected_acc(spec: LayerSpec, xq: np.ndarray) -> np.ndarray:
+    """Expected ``acc[n, g, c]``: the simulator's bit-serial kernel, which must agree with the
+    golden model of this package; a disagreement is an :class:`RTLMismatch`."""
+    sim = simulator_acc(spec, xq)
     mine = golden.spec_acc(spec, xq)
-    sim = _simulator_acc(spec, xq)
-    if sim is None:
-        return mine, "the xbc numpy golden model (backends/rtl/golden.py)"
     if not np.array_equal(sim, mine):
-        n = int(np.count_nonzero(sim != mine))
-        raise RTLMismatch(f"layer {spec.id}: the simulator kernel and the RTL golden model disagree on "
-                          f"{n} accumulator(s); this is a bug in xbc, please report it")
-    return sim, "the xbc simulator's bit-serial kernel (cross-checked with backends/rtl/golden.py)"
+        raise RTLMismatch(f"layer {spec.id}: the simulator's kernel and the RTL golden model disagree on "
+                          f"{int(np.count_nonzero(sim != mine))} accumulator(s); this is a bug in xbc, "
+                          f"please report it")
+    return sim
+
+
+STIMULI = ("model", "random")
+
+
+def layer_vectors(spec: LayerSpec, how: str, n: int, seed: int, recorded=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(xq ``[n, G, R]``, expected acc ``[n, G, C]``, description) for one layer.
+
+    ``how="random"``: :func:`random_stimulus`. ``how="model"``: the all-maximum vector, then the
+    layer's real inputs ``recorded = (xq, acc)`` from :func:`model_stimulus` (their recorded
+    accumulators must equal the kernel's), then random vectors if the layer has too few.
+    """
+    if how == "random" or recorded is None:
+        xq = random_stimulus(spec, n, seed)
+        desc = "synthetic (all-maximum, then uniform random)"
+        acc = expected_acc(spec, xq)
+        return xq, acc, desc
+    rx, racc = recorded
+    rx, racc = rx[:max(0, n - 1)], racc[:max(0, n - 1)]
+    fill = random_stimulus(spec, n - len(rx), seed)          # starts with the all-maximum vector
+    xq = np.concatenate([fill[:1], rx, fill[1:]])
+    acc = expected_acc(spec, xq)
+    if not np.array_equal(acc[1:1 + len(rx)], racc):
+        raise RTLMismatch(f"layer {spec.id}: the simulator's whole-model run and its kernel disagree on "
+                          f"{int(np.count_nonzero(acc[1:1 + len(rx)] != racc))} accumulator(s); this is a bug "
+                          f"in xbc, please report it")
+    desc = (f"1 all-maximum vector, {len(rx)} real input vector(s) of the model"
+            + (f", {len(fill) - 1} uniform random" if len(fill) > 1 else ""))
+    return xq, acc, desc
 
 
 # ----------------------------------------------------------------------------------------
@@ -332,7 +415,12 @@ def render_layer(plan: LayerPlan, source: str) -> str:
     else:
         off_decl = ""
         acc_init = "'0"
-    vals = dict(widths, MODULE=plan.module, LAYER_ID=spec.id, KIND=spec.kind, G=G, R=R, C=C, VERSION=__version__,
+    waiver = ""
+    if plan.X == 0:
+        waiver = ("    // Every weight of this layer is zero, so it has no crossbar: the splice and column-select\n"
+                  "    // logic below is kept for a uniform interface but reads nothing (documented lint waiver).\n"
+                  "    /* verilator lint_off UNUSEDSIGNAL */\n    /* verilator lint_off UNUSEDPARAM */\n")
+    vals = dict(widths, MODULE=plan.module, WAIVER=waiver, LAYER_ID=spec.id, KIND=spec.kind, G=G, R=R, C=C, VERSION=__version__,
                 SOURCE=source, X=plan.X, RX=plan.Rx, CX=plan.Cx, CELL_BITS=spec.cell_bits, IN_BITS=spec.input_bits,
                 DAC_BITS=spec.dac_bits, S=plan.S, RA=plan.ra, Q=plan.Q, ADC_BITS=spec.adc_bits,
                 ADC_MAX=(1 << spec.adc_bits) - 1, OFFSET=off, E=plan.E, CYCLES=plan.cycles,
@@ -355,23 +443,19 @@ def render_testbench(plan: LayerPlan, n_vectors: int, expected_from: str) -> str
 # bundle input
 # ----------------------------------------------------------------------------------------
 
-def load_layers(source: str | os.PathLike | Mapping[str, LayerSpec]) -> tuple[dict[str, LayerSpec], str]:
-    """LayerSpecs from a bundle path (validated first) or an in-memory ``{id: LayerSpec}``."""
+def load_layers(source) -> tuple[dict[str, LayerSpec], str, Any]:
+    """(LayerSpecs, source name, Bundle or None) from a bundle path (validated first with
+    :func:`xbc.bundle.validate_bundle`) or an in-memory ``{id: LayerSpec}``."""
     if isinstance(source, Mapping):
-        return dict(source), "an in-memory program"
+        return dict(source), "an in-memory program", None
     path = Path(source)
     if not path.exists():
         raise BundleError(f"bundle {str(path)!r} does not exist; write one with "
                           f"'xbc compile MODEL -o {path}'")
     from xbc.bundle import read_bundle, validate_bundle  # noqa: PLC0415
-    problems = validate_bundle(path)
-    if problems:  # a validator that reports instead of raising
-        items = problems if isinstance(problems, (list, tuple)) else [problems]
-        if not all(isinstance(p, bool) for p in items):
-            raise BundleError(f"bundle {str(path)!r} does not validate: {'; '.join(map(str, items[:5]))}; "
-                              f"run 'xbc validate {path}' and recompile")
+    validate_bundle(path)       # raises BundleError naming the first problem
     b = read_bundle(path)
-    return dict(b.layers), path.name
+    return dict(b.layers), path.name, b
 
 
 def select_layers(layers: dict[str, LayerSpec], wanted: list[str] | None) -> dict[str, LayerSpec]:
@@ -399,25 +483,33 @@ class EmitResult:
 
 
 def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = None, vectors: int = 8,
-             seed: int = 0, stimulus: Mapping[str, np.ndarray] | None = None, run: bool = False,
+             seed: int = 0, stimulus: str | Mapping[str, np.ndarray] = "model", run: bool = False,
              lint: bool = False) -> EmitResult:
     """Write the RTL for ``source`` (bundle path or ``{id: LayerSpec}``) into ``out_dir``.
 
-    ``stimulus`` optionally gives the xq vectors ``[n, G, R]`` per layer id. With ``run`` the
-    testbenches are run (``make``) and the outputs compared with the expected values in Python
-    as well; with ``lint`` Verilator lints every datapath. The directory is written to a
-    temporary sibling and renamed into place, so a failure never leaves a half-written tree.
+    ``stimulus``: ``"model"`` (real layer inputs from a simulator run of the bundle, see
+    :func:`layer_vectors`; synthetic for an in-memory source), ``"random"``, or a mapping
+    ``{layer id: xq [n, G, R]}``. Expected values always come from the simulator's bit-serial
+    kernel, cross-checked with :mod:`.golden`. With ``run`` the testbenches are run (``make``) and
+    their outputs compared with the expected values again in Python; with ``lint`` Verilator lints
+    every datapath. The directory is written to a temporary sibling and renamed into place, so a
+    failure never leaves a half-written tree.
     """
     if vectors < 1:
         raise OptionError(f"--vectors {vectors}: need at least 1 input vector per layer")
-    specs, source_name = load_layers(source)
+    if isinstance(stimulus, str) and stimulus not in STIMULI:
+        raise OptionError(f"--stimulus {stimulus!r}: choose one of {', '.join(STIMULI)}")
+    specs, source_name, bundle = load_layers(source)
     specs = select_layers(specs, layers)
     if not specs:
         raise BundleError("the bundle has no crossbar layers: nothing to emit")
     if run:
         require_tools("iverilog", "vvp", "make")
     if lint:
-        require_tools("verilator")
+        require_tools("verilator", "make")
+    recorded = {}
+    if stimulus == "model" and bundle is not None:
+        recorded = model_stimulus(bundle, list(specs), max(0, vectors - 1), seed)
     names = sv_names(list(specs))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -439,18 +531,20 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
                 rel = f"mem/{name}_x{x:03d}.memh"
                 (tmp / rel).write_text("\n".join(lines[x].tolist()) + "\n")
                 plan.mem_files.append(rel)
-            if stimulus is not None and lid in stimulus:
+            if isinstance(stimulus, Mapping):
+                if lid not in stimulus:
+                    raise OptionError(f"stimulus: no input vectors for layer {lid}")
                 xq = np.asarray(stimulus[lid], dtype=np.int64).reshape(-1, spec.groups, spec.rows)
-                if xq.min() < 0 or xq.max() >= (1 << spec.input_bits):
-                    raise OptionError(f"layer {lid}: stimulus values must lie in [0, 2**{spec.input_bits})")
+                if xq.size == 0 or xq.min() < 0 or xq.max() >= (1 << spec.input_bits):
+                    raise OptionError(f"stimulus for layer {lid}: values must lie in [0, 2**{spec.input_bits})")
+                acc, desc = expected_acc(spec, xq), "given by the caller"
             else:
-                xq = make_stimulus(spec, vectors, seed)
-            acc, source_of = expected_acc(spec, xq)
+                xq, acc, desc = layer_vectors(spec, stimulus, vectors, seed, recorded.get(lid))
             stim[lid], expect[lid] = xq, acc
             (tmp / f"tb/{name}_x.memh").write_text(values_hex(xq, spec.input_bits))
             (tmp / f"tb/{name}_acc.memh").write_text(values_hex(acc, plan.acc_w))
             (tmp / f"rtl/{plan.module}.sv").write_text(render_layer(plan, source_name))
-            (tmp / f"tb/tb_{name}.sv").write_text(render_testbench(plan, xq.shape[0], source_of))
+            (tmp / f"tb/tb_{name}.sv").write_text(render_testbench(plan, xq.shape[0], SIM_SOURCE))
             files += [f"rtl/{plan.module}.sv", f"tb/tb_{name}.sv"]
             p = spec.program
             manifest_layers.append({
@@ -463,8 +557,9 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
                 "crossbars": [{"index": x, "memory": plan.mem_files[x],
                                "tile": int(p.tile[x]) if p.tile is not None else None,
                                "slot": int(p.slot[x]) if p.slot is not None else None} for x in range(plan.X)],
-                "stimulus": f"tb/{name}_x.memh", "expected": f"tb/{name}_acc.memh",
-                "result": f"out/{name}_acc.memh", "expected_from": source_of,
+                "stimulus": f"tb/{name}_x.memh", "stimulus_from": desc, "expected": f"tb/{name}_acc.memh",
+                "expected_from": SIM_SOURCE, "result": f"out/{name}_acc.memh",
+                "adc_clipped_conversions": golden.clipped_conversions(spec, xq),
             })
             plans.append(plan)
         (tmp / "files.f").write_text("\n".join(files) + "\n")
@@ -505,11 +600,12 @@ def require_tools(*tools: str) -> None:
                            f"install with '{' && '.join(how)}' (or emit without --run and run 'make' later)")
 
 
-def run_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
-    """``make`` in ``out_dir``; returns the log, raises :class:`RTLMismatch` on a non-zero exit."""
+def run_rtl(out_dir: str | os.PathLike, target: str | None = None, timeout: float = 600.0) -> str:
+    """``make [target]`` in ``out_dir`` (default: every testbench); returns the log, raises
+    :class:`RTLMismatch` on a non-zero exit."""
     require_tools("iverilog", "vvp", "make")
-    proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir)], capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = ["make", "--no-print-directory", "-C", str(out_dir)] + ([target] if target else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         fails = [ln for ln in log.splitlines() if "XBC FAIL" in ln or "XBC MISMATCH" in ln or "error" in ln.lower()]
@@ -519,14 +615,14 @@ def run_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
 
 
 def lint_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
-    """``make lint`` (Verilator ``--lint-only -Wall``); raises :class:`RTLMismatch` on any warning."""
+    """``make lint`` (Verilator ``--lint-only -Wall``); raises :class:`RTLLintError` on any warning."""
     require_tools("verilator", "make")
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir), "lint"], capture_output=True,
                           text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0 or "%Warning" in log or "%Error" in log:
         msgs = [ln for ln in log.splitlines() if ln.startswith("%")]
-        raise RTLMismatch(f"verilator lint of {out_dir} is not clean: {' | '.join(msgs[:6]) or log[-500:]}")
+        raise RTLLintError(f"verilator lint of {out_dir} is not clean: {' | '.join(msgs[:6]) or log[-500:]}")
     return log
 
 

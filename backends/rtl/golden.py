@@ -80,3 +80,25 @@ def ideal_acc(spec: LayerSpec, xq: np.ndarray) -> np.ndarray:
     """``acc[n, g, c] = sum_r xq[n, g, r] * M[g, r, c]`` with ``M`` rebuilt from the program."""
     M = rebuild_matrix(spec.program, spec.groups, spec.rows, spec.cols)
     return np.einsum("ngr,grc->ngc", np.asarray(xq, np.int64), M)
+
+
+def clipped_conversions(spec: LayerSpec, xq: np.ndarray) -> int:
+    """How many ADC conversions (vector, crossbar, slice, chunk, used column) saturate."""
+    p = spec.program
+    xq = np.asarray(xq, dtype=np.int64)
+    X, Rx, Cx = p.cells.shape
+    if X == 0:
+        return 0
+    used_row = p.row_group >= 0
+    inp = np.where(used_row[None], xq[:, np.where(used_row, p.row_group, 0), np.where(used_row, p.row_index, 0)], 0)
+    S = n_slices(spec.input_bits, spec.dac_bits)
+    ra = active_rows(spec.rows_active, Rx)
+    Q = math.ceil(Rx / ra)
+    pad = Q * ra - Rx
+    shifts = (np.arange(S, dtype=np.int64) * spec.dac_bits).reshape(S, 1, 1, 1)
+    sl = (inp[None] >> shifts) & ((1 << spec.dac_bits) - 1)
+    sl = np.pad(sl, ((0, 0), (0, 0), (0, 0), (0, pad))).reshape(S, xq.shape[0], X, Q, ra)
+    cells = np.pad(p.cells.astype(np.int64), ((0, 0), (0, pad), (0, 0))).reshape(X, Q, ra, Cx)
+    colsum = np.einsum("snxqi,xqij->snxqj", sl, cells)
+    used_col = (p.col_group >= 0) & (p.col_sign != 0)
+    return int(np.count_nonzero((colsum > (1 << spec.adc_bits) - 1) & used_col[None, None, :, None, :]))

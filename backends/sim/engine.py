@@ -260,7 +260,6 @@ class CrossbarKernel:
             self.dtype = np.float64
             self.parts = [(0, R)]
         self.M = M.astype(self.dtype)
-        self.M_int = M
         self.depthwise = C == 1
         wm = to_matrix(sp.kind, np.asarray(sp.w_int, dtype=np.int64), G, sp.attrs)
         self.colsum = wm.sum(axis=1).reshape(-1).astype(np.float64)   # [Cout]
@@ -273,8 +272,11 @@ class CrossbarKernel:
         ra = max(1, min(int(sp.rows_active), Rx)) if Rx else 1
         K = -(-Rx // ra) if Rx else 0
         Rp = K * ra
-        cells = np.zeros((X, Rp, Cx), np.uint8)
-        cells[:, :Rx] = p.cells
+        if Rp == Rx:
+            cells = np.asarray(p.cells)
+        else:
+            cells = np.zeros((X, Rp, Cx), np.uint8)
+            cells[:, :Rx] = p.cells
         rg = np.full((X, Rp), -1, np.int64)
         ri = np.full((X, Rp), -1, np.int64)
         rg[:, :Rx], ri[:, :Rx] = p.row_group, p.row_index
@@ -311,6 +313,11 @@ class CrossbarKernel:
             self.f_wsp = wsp[fx]
             self.f_colmask = used_col[fx]
         self.F = len(fx)
+
+    @property
+    def M_int(self) -> np.ndarray:
+        """The integer matrix ``[G, R, C]`` the cells store (offset included)."""
+        return np.rint(self.M).astype(np.int64)
 
     # ---- shapes -----------------------------------------------------------------------
     def _patches(self, xq: np.ndarray, zp: float):
@@ -501,46 +508,35 @@ def row_parts(M: np.ndarray, qmax: int) -> list[tuple[int, int]] | None:
 
 
 def cells_matrix(p, G: int, R: int, C: int) -> np.ndarray:
-    """The integer matrix ``[G, R, C]`` the cells store (what ``xbc.layer.rebuild_matrix`` gives,
-    offset included), crossbar by crossbar: the columns of crossbar ``x`` are first reduced onto
-    their output columns with one small matmul (``cells[x] @ S_x``, ``S_x[j, t] = col_sign *
-    2**col_shift`` for the output column ``t`` of physical column ``j``), then the block is added
-    to the rows and output columns the crossbar carries."""
+    """The integer matrix ``[G, R, C]`` the cells store (what ``xbc.layer.rebuild_matrix``
+    gives, offset included): one ``bincount`` over the programmed cells per block of crossbars,
+    weighted by ``col_sign * 2**col_shift`` (exact integers in float64)."""
     X, Rx, Cx = p.cells.shape
-    out = np.zeros((G * R, G * C), np.float64)
-    used_r = p.row_group >= 0
-    used_c = p.col_sign != 0
-    rowflat = np.where(used_r, np.asarray(p.row_group, np.int64) * R + p.row_index, -1)
-    tgt = np.where(used_c, np.asarray(p.col_group, np.int64) * C + p.col_index, -1)
-    wsp = np.where(used_c, np.asarray(p.col_sign, np.float64) * np.exp2(np.asarray(p.col_shift, np.float64)), 0.0)
-    for x in range(X):
-        c = p.cells[x]
-        ur, uc = used_r[x], used_c[x]
-        if not c.any():
+    n = G * R * C
+    out = np.zeros(n, np.float64)
+    used_r = (p.row_group >= 0).reshape(-1)
+    used_c = (p.col_sign != 0).reshape(-1)
+    rg = np.asarray(p.row_group, np.int64).reshape(-1)
+    cg = np.asarray(p.col_group, np.int64).reshape(-1)
+    rowbase = np.where(used_r, (rg * R + np.asarray(p.row_index, np.int64).reshape(-1)) * C, 0)
+    colidx = np.asarray(p.col_index, np.int64).reshape(-1)
+    wsp = np.asarray(p.col_sign, np.float64).reshape(-1) * np.exp2(np.asarray(p.col_shift, np.float64).reshape(-1))
+    cells = p.cells.reshape(-1)
+    step = max(1, (1 << 24) // max(1, Rx * Cx)) * Rx * Cx
+    for f0 in range(0, cells.size, step):
+        c = cells[f0:f0 + step]
+        flat = np.flatnonzero(c)
+        if not flat.size:
             continue
-        if c[~ur].any() or c[:, ~uc].any():
-            raise BundleError(f"crossbar {x}: a programmed cell sits on an unused row or column")
-        rows = rowflat[x, ur]
-        cols = np.flatnonzero(uc)
-        cs = c[np.ix_(ur, uc)]
-        if np.any(p.row_group[x, ur][:, None] != p.col_group[x, uc][None, :]) and \
-                np.any(cs[p.row_group[x, ur][:, None] != p.col_group[x, uc][None, :]]):
-            raise BundleError(f"crossbar {x}: a programmed cell joins a row and a column of different groups")
-        t, inv = np.unique(tgt[x, cols], return_inverse=True)
-        S = np.zeros((len(cols), len(t)), np.float64)
-        S[np.arange(len(cols)), inv] = wsp[x, cols]
-        Z = cs.astype(np.float64) @ S
-        if len(np.unique(rows)) == len(rows):
-            out[np.ix_(rows, t)] += Z
-        else:
-            np.add.at(out, (rows[:, None], t[None, :]), Z)
-    Mf = out.reshape(G, R, G, C)[np.arange(G), :, np.arange(G), :]        # [G, R, C] diagonal blocks
-    if G > 1:
-        off = out.reshape(G, R, G, C).copy()
-        off[np.arange(G), :, np.arange(G), :] = 0
-        if off.any():
-            raise BundleError("a programmed cell joins a row and a column of different groups")
-    M = np.rint(Mf).astype(np.int64)
+        val = c[flat].astype(np.float64)
+        flat += f0
+        q, j = np.divmod(flat, Cx)                         # q = x*Rx + i
+        xc = q // Rx * Cx + j                              # x*Cx + j
+        if not (used_r[q].all() and used_c[xc].all() and np.array_equal(rg[q], cg[xc])):
+            raise BundleError("a programmed cell sits on an unused row or column, or joins a row and a "
+                              "column of different groups")
+        out += np.bincount(rowbase[q] + colidx[xc], weights=val * wsp[xc], minlength=n)
+    M = np.rint(out).astype(np.int64).reshape(G, R, C)
     if p.offset:
         M -= int(p.offset)
     return M

@@ -39,7 +39,7 @@ import onnx
 from onnx import helper
 
 from xbc import ortutil
-from xbc.errors import BundleError, XbcError
+from xbc.errors import BundleError
 
 from .engine import MODES, CrossbarKernel, SimError, check_spec
 from .threads import blas_threads
@@ -164,7 +164,8 @@ class Simulator:
                     run = []
                 spec = bundle.layers[lid]
                 check_spec(spec)
-                self.kernels[lid] = CrossbarKernel(spec, mode=mode, adc_bits=adc_bits, exhaustive=exhaustive)
+                with blas_threads(threads):
+                    self.kernels[lid] = CrossbarKernel(spec, mode=mode, adc_bits=adc_bits, exhaustive=exhaustive)
                 self.layer_node[lid] = node
                 steps.append(("xbar", (lid, node)))
             else:

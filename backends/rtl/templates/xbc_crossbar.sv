@@ -28,22 +28,42 @@ module xbc_crossbar #(
 );
     localparam int ADC_MAX = (1 << ADC_BITS) - 1;
 
-    logic [COLS*CELL_BITS-1:0] cells [0:ROWS-1];
+    logic [COLS*CELL_BITS-1:0] cells [0:ROWS-1];   // the memory image, one word per row
 
+    // Column-major bit planes of the cells: plane[j*CELL_BITS + b][i] = bit b of cell (i, j), so
+    // a column sum is sum_{b,d} 2**(b+d) * popcount(plane[j][b] & input bit plane d & chunk).
+    logic [ROWS-1:0] plane [0:COLS*CELL_BITS-1];
     initial begin
         for (int i = 0; i < ROWS; i++) cells[i] = '0;
         if (MEMFILE != "") $readmemh(MEMFILE, cells);
+        for (int k = 0; k < COLS*CELL_BITS; k++)
+            for (int i = 0; i < ROWS; i++) plane[k][i] = cells[i][k];
     end
 
-    // always @* rather than always_comb: Icarus Verilog 11 re-triggers an always_comb on the
-    // variables it writes (here the running sum) and never settles.
+    // input bit planes (in_bits[d*ROWS + i] = bit d of row i's DAC slice), gated by the chunk
+    logic [DAC_BITS*ROWS-1:0] in_bits;
+    logic [ROWS-1:0]          row_on;
+    for (genvar i = 0; i < ROWS; i++) begin : g_row
+        assign row_on[i] = (i / ROWS_ACTIVE) == int'(chunk);
+        for (genvar d = 0; d < DAC_BITS; d++) begin : g_dac
+            assign in_bits[d*ROWS + i] = row_in[i*DAC_BITS + d] & row_on[i];
+        end
+    end
+
+    // Icarus Verilog 11 notes: always @* rather than always_comb (an always_comb re-triggers on
+    // the variables it writes and never settles), and $countones only of a plain variable (it
+    // miscounts an expression argument).
     always @* begin
+        logic [ROWS-1:0] hit;
         int sum;
+        int cnt;
         for (int j = 0; j < COLS; j++) begin
             sum = 0;
-            for (int i = 0; i < ROWS; i++) begin
-                if (i / ROWS_ACTIVE == int'(chunk)) begin
-                    sum = sum + int'(cells[i][j*CELL_BITS +: CELL_BITS]) * int'(row_in[i*DAC_BITS +: DAC_BITS]);
+            for (int b = 0; b < CELL_BITS; b++) begin
+                for (int d = 0; d < DAC_BITS; d++) begin
+                    hit = plane[j*CELL_BITS + b] & in_bits[d*ROWS +: ROWS];
+                    cnt = $countones(hit);
+                    sum = sum + (cnt << (b + d));
                 end
             end
             col_out[j*ADC_BITS +: ADC_BITS] = (sum > ADC_MAX) ? ADC_BITS'(ADC_MAX) : ADC_BITS'(sum);
