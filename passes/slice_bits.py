@@ -95,7 +95,7 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
     cb = target.cell_bits
     b = q.weight_bits
     mask = (1 << cb) - 1
-    w_mat = to_matrix(layer.kind, np.asarray(q.w_int), layer.groups, node.attrs).astype(np.int32)
+    w_mat = to_matrix(layer.kind, np.asarray(q.w_int), layer.groups, node.attrs).astype(np.int32, copy=False)
     G, R, C = w_mat.shape
     if target.weight_encoding == "split":
         S, offset = 2, 0
@@ -110,12 +110,16 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
         else:
             P = n_planes(b, cb, "split")
             w = np.ascontiguousarray(_permute(w_mat, layer, 0).transpose(0, 2, 1))  # [G, C, R]
-            if np.abs(w).max(initial=0) >> (P * cb):
+            mx = max(int(w.max(initial=0)), -int(w.min(initial=0)))
+            if mx >> (P * cb):
                 raise PassError(f"layer {layer.id}: weights need more than {P} planes of {cb} bits "
                                 f"(they exceed the {b}-bit symmetric range)")
-            dt = np.uint8 if P * cb <= 8 else np.uint16
-            pos = np.maximum(w, 0).astype(dt)
-            neg = np.maximum(-w, 0).astype(dt)
+            st = np.int8 if mx <= 127 else np.int16 if mx <= 32767 else np.int32
+            pos = np.empty(w.shape, st)
+            neg = np.empty(w.shape, st)
+            np.maximum(w, 0, out=pos, casting="unsafe")       # no int32 temporaries
+            np.minimum(w, 0, out=neg, casting="unsafe")
+            np.negative(neg, out=neg)
             cells = np.empty((G, P, S, C, R), np.uint8)
             for p in range(P):
                 np.bitwise_and(pos >> (p * cb), mask, out=cells[:, p, 0], casting="unsafe")

@@ -1,34 +1,41 @@
 """squeeze: drop empty columns and rows, then pack the rest into few crossbars (SME step 3).
 
 1. Per segment (from slice-bits): drop logical columns whose cells are all zero, then rows whose
-   cells in the kept columns are all zero.
-2. Items. Three candidate item sets are built per layer and each is packed with the heuristic of
-   :func:`xbc.packing.pack`; the one with the fewest crossbars wins (ties: the simpler one):
+   cells in the kept columns are all zero. Row supports are handled as packed bits (one bit per
+   cell, :func:`pack_support`), so after one pass over the cells everything else works on 1/8
+   of the data.
+2. Items. Up to three candidate item sets are built per layer and each is packed with the
+   heuristic of :mod:`xbc.packing`; the one with the fewest crossbars wins (ties: the first):
 
    * ``whole``: each squeezed segment is one item (the packer may split its columns; each piece
      conservatively reserves all the segment's rows);
-   * ``chunks`` (option ``split``): the segment's columns sorted by row-support size (descending)
-     then by support pattern (so columns with similar row support sit together) and cut into
-     ``Cx``-wide chunks plus a remainder; each chunk keeps only the rows its columns use, so the
-     remainder (the sparsest columns) is short and can share a crossbar with other items;
+   * ``chunks`` (option ``split``): the segment's kept columns sorted by row-support size
+     (descending) then by support pattern (:func:`support_keys`; columns with similar row
+     support sit together) and cut into ``Cx``-wide chunks plus a remainder; each chunk keeps
+     only the rows its columns use, so the remainder (the sparsest columns) is short and can
+     share a crossbar with other items;
    * ``chunks+tail``: as ``chunks``, with the remainder split once more into a denser and a
-     sparser part at the cut that minimizes the summed bounding areas ``rows x cols`` (taken
-     only when it is smaller than the unsplit remainder's area).
-3. The winning item set is packed again with CP-SAT allowed (see :mod:`xbc.packing`: exact when
-   at most ``exact-limit`` shareable items remain, a proven heuristic beyond, always with a lower
-   bound). Rectangles with disjoint rows and columns share a crossbar block-diagonally; an
-   item's columns may be split across crossbars, and every piece is cut to the rows its own
-   columns use (never more than the packer reserved).
+     sparser part at the cut that minimizes the summed bounding areas ``rows x cols`` (only
+     when that is smaller than the unsplit remainder's area, and only if any segment has such
+     a cut).
+3. The winning item set is packed again with CP-SAT allowed (:func:`xbc.packing.pack`: exact
+   when at most ``exact-limit`` shareable items remain, a proven heuristic beyond, always with a
+   lower bound). Rectangles with disjoint rows and columns share a crossbar block-diagonally; an
+   item's columns may be split across crossbars, and every placed piece is cut to the rows its
+   own columns use (never more than the packer reserved). The program is built by
+   :func:`xbc.packing.build_program` (same result and checks as
+   :func:`xbc.layer.assemble_program`), copying each piece straight from the segment cells.
 
-Packing scope: per layer. A crossbar holds cells of one layer only, because all of a crossbar's
-rows are driven by one input vector at a time and the crossbar belongs to one pipeline stage;
-mixing layers would serialize them.
+Packing scope: per layer. A crossbar holds cells of one layer only: all of a crossbar's rows are
+driven by one input vector at a time and the crossbar belongs to one pipeline stage, so mixing
+layers would serialize them (and place assigns whole crossbars to layers).
 
-Result: ``layer.segments`` becomes the placed pieces, ``layer.program`` the packed program
-(:func:`xbc.layer.assemble_program`, same offset), and layer stats ``crossbars_squeezed``,
-``lower_bound``, ``pack_method``, ``pack_status``, ``squeeze_variant``, ``squeeze_items``,
-``kept_columns``. Deterministic: seeded heuristic orders, CP-SAT with fixed seed and workers,
-unproven CP-SAT results discarded (``seed`` None takes the compile seed).
+Result: ``layer.program`` is the packed program (same offset), ``layer.segments`` the placed
+pieces (their ``cells`` are views into ``program.cells``), and layer stats
+``crossbars_squeezed``, ``lower_bound``, ``pack_method``, ``pack_status``, ``squeeze_variant``,
+``squeeze_items``, ``kept_columns``, ``kept_cells``. Deterministic: seeded heuristic orders,
+CP-SAT with fixed seed and workers on deterministic time, unproven CP-SAT results discarded
+(``seed`` None takes the compile seed).
 """
 
 from __future__ import annotations
@@ -208,14 +215,34 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
         placements.append(out)
 
     def fill(cells, flat):
-        for x, k, r0, c0, _a, n in flat:
+        # runs of full-width, all-rows pieces of one segment in consecutive crossbars (the bulk
+        # of a large layer) are copied with one gather and one block-transposing assignment
+        i, nflat = 0, len(flat)
+        while i < nflat:
+            x, k, r0, c0, _a, n = flat[i]
             s, lo, hi, mask = sources[k]
-            block = s.seg.cells.T[s.cols[lo:hi]]            # [n, r] gather of whole columns
+            j = i + 1
+            if mask is None and r0 == 0 and c0 == 0 and n == Cx:
+                while j < nflat:
+                    x2, k2, r02, c02, _a2, n2 = flat[j]
+                    s2, lo2, _, mask2 = sources[k2]
+                    if not (s2 is s and lo2 == lo + (j - i) * Cx and x2 == x + (j - i) and mask2 is None
+                            and r02 == 0 and c02 == 0 and n2 == Cx):
+                        break
+                    j += 1
+            q = j - i
+            block = s.seg.cells.T[s.cols[lo:lo + q * n]]      # [q*n, r] gather of whole columns
             if mask is not None:
                 block = block[:, mask]
             r = block.shape[1]
-            cells[x, r0:r0 + r, c0:c0 + n] = block.T
-            pieces[k].cells = cells[x, r0:r0 + r, c0:c0 + n]
+            if q == 1:
+                cells[x, r0:r0 + r, c0:c0 + n] = block.T
+            else:
+                cells[x:x + q, :r, :n] = block.reshape(q, n, r).transpose(0, 2, 1)
+            for e in range(i, j):
+                xe, ke, re0, ce0 = flat[e][:4]
+                pieces[ke].cells = cells[xe, re0:re0 + r, ce0:ce0 + n]
+            i = j
 
     prog = build_program(pieces, placements, Rx, Cx, offset, fill=fill)
     info = {"lower_bound": int(lb), "pack_method": method, "pack_status": status,
@@ -231,7 +258,7 @@ class Squeeze(Pass):
     name: ClassVar[str] = "squeeze"
     summary: ClassVar[str] = "drop empty columns/rows, pack the rest into few crossbars (SME step 3)"
     exact_limit: int = 24        # CP-SAT when at most this many shareable items remain
-    time_limit: float = 5.0      # CP-SAT deterministic time limit per layer (seconds)
+    time_limit: float = 2.0      # CP-SAT deterministic time limit per layer (seconds)
     seed: int | None = None      # None: the compile seed
     workers: int = 1             # CP-SAT workers (deterministic either way)
     split: bool = True           # split segments by row support (chunks / tail variants)

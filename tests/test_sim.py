@@ -463,11 +463,12 @@ def test_cli_images(tiny_bundle, capsys):
     code, out, err = _cli(["simulate", d / "b", "--images", img_dir, "--compare", "-o", d / "img.npz"], capsys)
     assert code == 0, err
     assert "simulated 2 samples" in out and "top-1 agreement:" in out
-    # the same preprocessing by hand: resize to 16x16, [0,1], ImageNet normalization
-    a = np.asarray(Image.fromarray(pix[0]).resize((16, 16), Image.BILINEAR), np.float32) / 255.0
-    a = (a.transpose(2, 0, 1) - np.array([0.485, 0.456, 0.406])[:, None, None]) / np.array([0.229, 0.224, 0.225])[:, None, None]
-    want = simulate(d / "b", {"x": a[None].astype(np.float32)}).outputs["logits"]
-    np.testing.assert_array_equal(np.load(d / "img.npz")["logits"][:1], want)
+    # the CLI preprocesses exactly like compile's --calibration DIR (xbc.calibration)
+    from xbc.calibration import load_calibration
+    imgs = load_calibration(img_dir, read_bundle(d / "b").graph)["x"]
+    assert imgs.shape == (2, 3, 16, 16)
+    want = simulate(d / "b", [{"x": imgs[i:i + 1]} for i in range(2)]).outputs["logits"]
+    np.testing.assert_array_equal(np.load(d / "img.npz")["logits"], want)
 
 
 def test_cli_compare_finds_recorded_model_and_prints_layers(tiny_bundle, capsys):

@@ -189,3 +189,14 @@ def test_multibit_cells_squeeze():
     ref = np.zeros((1, 9, 3), np.int64)
     ref[0, 5:9] = cells
     assert np.array_equal(rebuild_matrix(prog, 1, 9, 3), ref)
+
+
+@pytest.mark.parametrize("tname", ["sme", "isaac"])
+def test_weights_out_of_range_are_an_error(tname):
+    g, t, _ = compiled(conv_model(cin=8, cout=8, k=3, hw=4, seed=8), tname, "quantize")
+    L = next(g.layers()).layer
+    w = np.array(L.quant.w_int)
+    w.flat[5] = 1 << L.quant.weight_bits          # outside the signed weight_bits range
+    L.quant.w_int = w
+    with pytest.raises(PassError, match=f"{L.id}.*{L.quant.weight_bits}-bit"):
+        PassManager("slice-bits").run(g, PassContext(target=t))

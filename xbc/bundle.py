@@ -493,7 +493,8 @@ def write_bundle(result, out: str | Path, zip: bool = False) -> Path:  # noqa: A
                         info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
                         info.compress_type = zipfile.ZIP_DEFLATED
                         info.external_attr = 0o644 << 16
-                        with open(tmp / name, "rb") as src, z.open(info, "w") as dst:
+                        big = (tmp / name).stat().st_size >= (1 << 31) - (1 << 20)
+                        with open(tmp / name, "rb") as src, z.open(info, "w", force_zip64=big) as dst:
                             shutil.copyfileobj(src, dst, 1 << 20)
                 os.replace(ztmp, out)
             finally:

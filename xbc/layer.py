@@ -334,23 +334,39 @@ def digits_value(digits: np.ndarray, cell_bits: int) -> np.ndarray:
     return (digits.astype(np.int64) * w).sum(axis=0)
 
 
-def rebuild_matrix(program: LayerProgram, groups: int, rows: int, cols: int) -> np.ndarray:
+def rebuild_matrix(program: LayerProgram, groups: int, rows: int, cols: int,
+                   chunk_cells: int = 1 << 22) -> np.ndarray:
     """Integer matrix ``[G, R, C]`` that the program computes (ideal ADC). Vectorized.
 
-    Raises :class:`VerifyError` if a cell joins a row and a column of different groups.
+    Works on blocks of crossbars (about ``chunk_cells`` cells at a time): each programmed cell
+    adds ``sign * cell << shift`` at flat index ``(group*R + row)*C + col`` via ``np.bincount``
+    (float64 weights are exact: every partial sum stays far below 2**53).
+    Raises :class:`VerifyError` if a cell sits on an unused row/column or joins a row and a
+    column of different groups.
     """
     p = program
-    x, i, j = np.nonzero(p.cells)
-    rg = p.row_group[x, i]
-    cg = p.col_group[x, j]
-    if np.any(rg < 0) or np.any(cg < 0):
-        raise VerifyError("a programmed cell sits on an unused row or column")
-    if np.any(rg != cg):
-        raise VerifyError("a programmed cell joins a row and a column of different groups")
-    val = p.cells[x, i, j].astype(np.int64) * p.col_sign[x, j].astype(np.int64) \
-        << p.col_shift[x, j].astype(np.int64)
-    out = np.zeros((groups, rows, cols), dtype=np.int64)
-    np.add.at(out, (rg, p.row_index[x, i], p.col_index[x, j]), val)
+    X, Rx, Cx = p.cells.shape
+    size = groups * rows * cols
+    acc = np.zeros(size, dtype=np.float64)
+    step = max(1, chunk_cells // max(1, Rx * Cx))
+    for a in range(0, X, step):
+        b = min(X, a + step)
+        cells = p.cells[a:b]
+        mask = cells != 0
+        if not mask.any():
+            continue
+        rg = p.row_group[a:b, :, None]
+        cg = p.col_group[a:b, None, :]
+        if np.any(mask & ((rg < 0) | (cg < 0))):
+            raise VerifyError("a programmed cell sits on an unused row or column")
+        if np.any(mask & (rg != cg)):
+            raise VerifyError("a programmed cell joins a row and a column of different groups")
+        rowkey = (p.row_group[a:b].astype(np.int64) * rows + p.row_index[a:b]) * cols
+        idx = rowkey[:, :, None] + p.col_index[a:b, None, :].astype(np.int64)
+        colw = p.col_sign[a:b].astype(np.float64) * np.exp2(p.col_shift[a:b].astype(np.float64))
+        val = cells * colw[:, None, :]
+        acc += np.bincount(idx[mask], weights=val[mask], minlength=size)
+    out = np.rint(acc).astype(np.int64).reshape(groups, rows, cols)
     if p.offset:
         out -= p.offset
     return out

@@ -38,13 +38,13 @@ optimal for it and removes it from the search.
 
 Heuristic (always run, deterministic in ``seed``): greedy over several item orders (rows
 descending, columns descending, area descending, and seeded random perturbations of the rows
-order), each in two modes: with splitting into the free columns of open bins, and with
-splitting only into fresh bins. An item is put whole into the best-fitting open bin (smallest
-normalized leftover of rows and columns); otherwise (split mode) a piece fills the open bin
-with the most free columns and enough free rows; otherwise a new bin opens. A repair step
-then tries to empty each bin (least-filled first) by moving its pieces into the other bins,
-first where the item already is (no extra rows), whole or split. The best result is kept; it
-stops as soon as a result meets the lower bound.
+order), each in two modes: without splitting (an item's full-width pieces get bins of their
+own, its remainder goes whole into the best-fitting open bin, i.e. the smallest normalized
+leftover of rows and columns, else into a new bin) and with splitting (pieces also fill the free
+columns of the open bin with the most free columns and enough free rows). The four best results
+then go through a repair step that tries to empty each bin (least-filled first) by moving its
+pieces into the other bins, first where the item already is (no extra rows), whole or split.
+It stops as soon as a result meets the lower bound.
 
 Exact model (OR-Tools CP-SAT, when the heuristic is above the bound and at most ``exact_limit``
 shareable items remain): bins ``b < B`` with ``B = heuristic - 1``; integer ``x[i,b]`` in
@@ -66,7 +66,6 @@ order they were placed, and each item's pieces take consecutive column ranges in
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import numpy as np
@@ -391,7 +390,7 @@ def _exact(idx: list[int], items, Rx, Cx, B: int, lb: int, time_limit: float, se
     if workers > 1:
         s.parameters.interleave_search = True
     s.parameters.max_deterministic_time = float(time_limit)
-    s.parameters.max_time_in_seconds = float(time_limit) * 4 + 1.0
+    s.parameters.max_time_in_seconds = float(time_limit) * 20 + 10.0  # safety net only
     st = s.Solve(m)
     name = s.StatusName(st)
     if st == cp_model.OPTIMAL:

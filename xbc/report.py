@@ -73,6 +73,8 @@ STEP_KEYS = {
     "isaac": ("isaac", "crossbars_isaac"),
     "dense": ("dense", "crossbars_dense"),
     "sliced": ("sliced", "crossbars_sliced"),
+    "squeezed": ("squeezed", "crossbars_squeezed"),
+    "lower_bound": ("lower_bound",),
 }
 
 

@@ -124,6 +124,7 @@ class LayerPlan:
     sh_w: int
     entries: np.ndarray            # int64 [E, 6]: x, j, group, col, shift, sign
     mem_files: list[str] = field(default_factory=list)
+    rom_file: str = ""
 
     @property
     def module(self) -> str:
@@ -236,9 +237,13 @@ def model_stimulus(bundle, layer_ids: list[str], n: int, seed: int = 0) -> dict[
     from xbc.backends.sim.engine import conv_geometry, im2col  # noqa: PLC0415
     from xbc.backends.sim.runner import Simulator           # noqa: PLC0415
 
-    sim = Simulator(bundle, mode="bit-serial")
-    feeds = build_feeds(bundle.graph, None, None, None, 1, seed)
-    res = sim.run(feeds[0], record=True)
+    try:
+        sim = Simulator(bundle, mode="bit-serial")
+        feeds = build_feeds(bundle.graph, None, None, None, 1, seed)
+        res = sim.run(feeds[0], record=True)
+    except XbcError as e:
+        raise type(e)(f"simulating the bundle for the RTL stimulus failed: {e}",
+                      hint="emit with --stimulus random to use synthetic input vectors instead") from None
     out = {}
     for lid in layer_ids:
         spec = bundle.layers[lid]
@@ -362,7 +367,7 @@ def _xbars(plan: LayerPlan) -> str:
             sep = "," if i else " "
             if g_of[i] >= 0:
                 src = g_of[i] * spec.rows + r_of[i]
-                out.append(f"        xsh[{src}][DAC_BITS-1:0]{sep}  // row {i}: group {g_of[i]}, matrix row {r_of[i]}")
+                out.append(f"        xsh[{src * spec.input_bits} +: DAC_BITS]{sep}  // row {i}: group {g_of[i]}, matrix row {r_of[i]}")
             else:
                 out.append(f"        {D}'d0{sep}  // row {i}: unused")
         out.append("    };")
@@ -375,15 +380,29 @@ def _xbars(plan: LayerPlan) -> str:
     return "\n".join(out)
 
 
-def _rom(plan: LayerPlan, widths: dict[str, int]) -> str:
-    ew, xw, jw, gw, cw, sw = (widths[k] for k in ("ENT_W", "XSEL_W", "JSEL_W", "GRP_W", "COL_W", "SH_W"))
-    lines = []
-    for e, (x, j, g, c, sh, sg) in enumerate(plan.entries.tolist()):
-        neg = "1'b1" if sg < 0 else "1'b0"
-        lines.append(f"            {ew}'d{e}: begin rom_x = {xw}'d{x}; rom_j = {jw}'d{j}; rom_g = {gw}'d{g}; "
-                     f"rom_c = {cw}'d{c}; rom_shift = {sw}'d{sh}; rom_neg = {neg}; end"
-                     f"  // crossbar {x} col {j} -> acc[{g}][{c}] {'-' if sg < 0 else '+'}= adc << {sh}")
-    return "\n".join(lines)
+def rom_image(plan: LayerPlan, widths: dict[str, int]) -> str:
+    """The splice table as a ``$readmemh`` image: one word per entry, fields from bit 0: crossbar
+    (XSEL_W), column (JSEL_W), group (GRP_W), output column (COL_W), shift (SH_W), negative (1);
+    each line ends with a comment naming the entry, its crossbar and tile."""
+    xw, jw, gw, cw, sw = (widths[k] for k in ("XSEL_W", "JSEL_W", "GRP_W", "COL_W", "SH_W"))
+    rom_w = xw + jw + gw + cw + sw + 1
+    ndig = math.ceil(rom_w / 4)
+    p = plan.spec.program
+    head = (f"// splice table of xbc layer {plan.layer_id}: {plan.E} entries of {rom_w} bits "
+            f"(crossbar:{xw} column:{jw} group:{gw} out_col:{cw} shift:{sw} neg:1, from bit 0)\n")
+    if plan.E == 0:   # no crossbar: one entry naming a crossbar that does not exist (adc = 0)
+        return head + f"{plan.X:0{ndig}x}  // no crossbar in this layer\n"
+    x, j, g, c, sh, sg = (plan.entries[:, k] for k in range(6))
+    word = (x | j << xw | g << (xw + jw) | c << (xw + jw + gw) | sh << (xw + jw + gw + cw)
+            | (sg < 0).astype(np.int64) << (rom_w - 1))
+    tile = p.tile[x] if p.tile is not None else np.full(len(x), -1)
+    slot = p.slot[x] if p.slot is not None else np.full(len(x), -1)
+    lines = [f"{w:0{ndig}x}  // e={e}: crossbar {xx} (tile {t} slot {s_}) col {jj} -> acc[{gg}][{cc}] "
+             f"{'-' if sgn < 0 else '+'}= adc << {shh}"
+             for e, (w, xx, t, s_, jj, gg, cc, shh, sgn) in enumerate(zip(
+                 word.tolist(), x.tolist(), tile.tolist(), slot.tolist(), j.tolist(), g.tolist(), c.tolist(),
+                 sh.tolist(), sg.tolist()))]
+    return head + "\n".join(lines) + "\n"
 
 
 def _colmux(plan: LayerPlan, xw: int) -> str:
@@ -391,12 +410,17 @@ def _colmux(plan: LayerPlan, xw: int) -> str:
                      for x in range(plan.X))
 
 
+def layer_widths(plan: LayerPlan) -> dict[str, int]:
+    G, C = plan.spec.groups, plan.spec.cols
+    return dict(SLICE_W=_bits(plan.S), CHUNK_W=_bits(plan.Q), ENT_W=_bits(max(1, plan.E)), SH_W=plan.sh_w,
+                XSEL_W=_bits(plan.X + (plan.E == 0)), JSEL_W=_bits(plan.Cx), GRP_W=_bits(G), COL_W=_bits(C),
+                DST_W=_bits(G * C))
+
+
 def render_layer(plan: LayerPlan, source: str) -> str:
     spec = plan.spec
     G, R, C = spec.groups, spec.rows, spec.cols
-    widths = dict(SLICE_W=_bits(plan.S), CHUNK_W=_bits(plan.Q), ENT_W=_bits(max(1, plan.E)), SH_W=plan.sh_w,
-                  XSEL_W=_bits(max(1, plan.X)), JSEL_W=_bits(plan.Cx), GRP_W=_bits(G), COL_W=_bits(C),
-                  DST_W=_bits(G * C))
+    widths = layer_widths(plan)
     off = int(spec.program.offset)
     if off:
         off_decl = ("    // ---- offset encoding: every accumulator starts at -offset * sum_r xq[g][r]\n"
@@ -410,11 +434,12 @@ def render_layer(plan: LayerPlan, source: str) -> str:
                     "    logic [ACC_W-1:0] xsum [0:G-1];\n"
                     "    for (genvar g = 0; g < G; g++) begin : g_xsum\n"
                     "        assign xsum[g] = group_sum(x_in, g);\n"
+                    "    end\n"
+                    "    for (genvar o = 0; o < N_OUT; o++) begin : g_init\n"
+                    "        assign acc_init[o*ACC_W +: ACC_W] = ACC_W'(0) - ACC_W'(OFFSET) * xsum[o / C];\n"
                     "    end\n")
-        acc_init = "ACC_W'(0) - ACC_W'(OFFSET) * xsum[o / C]"
     else:
-        off_decl = ""
-        acc_init = "'0"
+        off_decl = "    assign acc_init = '0;\n"
     waiver = ""
     if plan.X == 0:
         waiver = ("    // Every weight of this layer is zero, so it has no crossbar: the splice and column-select\n"
@@ -425,8 +450,9 @@ def render_layer(plan: LayerPlan, source: str) -> str:
                 DAC_BITS=spec.dac_bits, S=plan.S, RA=plan.ra, Q=plan.Q, ADC_BITS=spec.adc_bits,
                 ADC_MAX=(1 << spec.adc_bits) - 1, OFFSET=off, E=plan.E, CYCLES=plan.cycles,
                 XBAR_LIST=_xbar_list(plan), XIN_MSB=G * R * spec.input_bits - 1, ACC_MSB=G * C * plan.acc_w - 1,
-                ACC_W=plan.acc_w, OFFSET_DECL=off_decl, XBARS=_xbars(plan), ROM=_rom(plan, widths),
-                COLMUX=_colmux(plan, widths["XSEL_W"]), ACC_INIT=acc_init, E_LAST=max(0, plan.E - 1),
+                ACC_W=plan.acc_w, OFFSET_DECL=off_decl, XBARS=_xbars(plan), ROM_FILE=plan.rom_file, E_ROM=max(1, plan.E),
+                ROM_W=sum(widths[k] for k in ('XSEL_W', 'JSEL_W', 'GRP_W', 'COL_W', 'SH_W')) + 1,
+                COLMUX=_colmux(plan, widths["XSEL_W"]), E_LAST=max(0, plan.E - 1),
                 Q_LAST=plan.Q - 1, S_LAST=plan.S - 1)
     return _fill(_template("layer.sv.tmpl"), vals)
 
@@ -507,13 +533,16 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
         require_tools("iverilog", "vvp", "make")
     if lint:
         require_tools("verilator", "make")
+    names = sv_names(list(specs))
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"-o {out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "rtl_manifest.json").exists():
+        raise OptionError(f"-o {out_dir}: the directory is not empty and is not an earlier emit-rtl output "
+                          f"(no rtl_manifest.json); choose a new or empty directory")
     recorded = {}
     if stimulus == "model" and bundle is not None:
         recorded = model_stimulus(bundle, list(specs), max(0, vectors - 1), seed)
-    names = sv_names(list(specs))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OptionError(f"-o {out_dir}: exists and is not a directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -531,6 +560,8 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
                 rel = f"mem/{name}_x{x:03d}.memh"
                 (tmp / rel).write_text("\n".join(lines[x].tolist()) + "\n")
                 plan.mem_files.append(rel)
+            plan.rom_file = f"mem/{name}_splice.memh"
+            (tmp / plan.rom_file).write_text(rom_image(plan, layer_widths(plan)))
             if isinstance(stimulus, Mapping):
                 if lid not in stimulus:
                     raise OptionError(f"stimulus: no input vectors for layer {lid}")

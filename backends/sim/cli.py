@@ -1,8 +1,8 @@
 """``xbc simulate``: run a bundle bit-accurately, report ADC clipping, compare with onnxruntime.
 
 Inputs (one of): ``--input x.npy`` (the model's single input), ``--inputs file.npz`` (one array
-per input name), ``--images DIR`` (image files, resized to the input's H x W, scaled to [0, 1]
-and, for 3-channel inputs, normalized with the ImageNet mean/std), or ``--random N`` (N
+per input name), ``--images DIR`` (image files, preprocessed exactly like ``xbc compile --calibration DIR``:
+:func:`xbc.calibration.load_calibration`), or ``--random N`` (N
 deterministic N(0,1) samples, the default with N=1). An array whose shape is the bundle's input
 shape is one sample; one with an extra leading axis (or, for batch-1 models, a larger batch) is
 several samples, simulated one by one.
@@ -21,9 +21,6 @@ from xbc.errors import OptionError
 
 from .engine import MODES
 
-IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def input_specs(model) -> dict[str, tuple[tuple, np.dtype]]:
@@ -52,30 +49,20 @@ def split_samples(name: str, arr: np.ndarray, shape: tuple, where: str) -> list[
                       f"{list(shape)} (or a stack of such samples)")
 
 
-def load_images(folder: str, shape: tuple, dtype) -> list[np.ndarray]:
-    from PIL import Image
+def load_images(folder: str, model) -> list[dict[str, np.ndarray]]:
+    """A folder of images -> one feed per image, preprocessed exactly as ``xbc compile
+    --calibration DIR`` does (:func:`xbc.calibration.load_calibration`: RGB, [0, 1], bilinear
+    resize to the input's H x W, ImageNet mean/std, NCHW)."""
+    from xbc.calibration import load_calibration
 
-    p = Path(folder)
-    if not p.is_dir():
+    if not Path(folder).is_dir():
         raise OptionError(f"--images {folder}: not a directory")
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT)
-    if not files:
-        raise OptionError(f"--images {folder}: no image files ({', '.join(IMAGE_EXT)})")
-    if len(shape) != 4 or shape[1] not in (1, 3):
-        raise OptionError(f"--images needs a model input of shape [N, 1 or 3, H, W], this bundle's is {list(shape)}")
-    n, c, h, w = shape
-    imgs = []
-    for f in files:
-        try:
-            im = Image.open(f).convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
-        except Exception as e:
-            raise OptionError(f"--images: cannot read {f}: {e}") from None
-        a = np.asarray(im, np.float32) / 255.0
-        a = a.transpose(2, 0, 1) if c == 3 else a[None]
-        if c == 3:
-            a = (a - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
-        imgs.append(a.astype(dtype))
-    return [np.stack(imgs[i:i + n]) for i in range(0, len(imgs) - n + 1, n)]
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise OptionError(f"--images needs a model with a single input; this one has {', '.join(specs)}")
+    (name, (shape, dt)), = specs.items()
+    arr = load_calibration(folder, model)[name]
+    return [{name: s.astype(dt)} for s in split_samples(name, arr, shape, f"--images {folder}")]
 
 
 def build_feeds(model, input_npy, inputs_npz, images, n_random, seed) -> list[dict[str, np.ndarray]]:
@@ -107,10 +94,7 @@ def build_feeds(model, input_npy, inputs_npz, images, n_random, seed) -> list[di
             raise OptionError(f"--inputs {inputs_npz}: the inputs hold different numbers of samples")
         return [{n: per[n][i].astype(specs[n][1]) for n in specs} for i in range(counts.pop())]
     if images is not None:
-        if len(specs) != 1:
-            raise OptionError("--images needs a model with a single input")
-        (name, (shape, dt)), = specs.items()
-        return [{name: a} for a in load_images(images, shape, dt)]
+        return load_images(images, model)
     n = 1 if n_random is None else n_random
     if n < 1:
         raise OptionError(f"--random {n}: give a positive number of samples")
@@ -145,7 +129,7 @@ def _db(v) -> str:
 @click.argument("bundle", type=click.Path())
 @click.option("--input", "input_npy", type=click.Path(), default=None, help="A .npy array for the model's single input.")
 @click.option("--inputs", "inputs_npz", type=click.Path(), default=None, help="An .npz file with one array per input name.")
-@click.option("--images", type=click.Path(), default=None, help="A folder of images (resized, ImageNet-normalized).")
+@click.option("--images", type=click.Path(), default=None, help="A folder of images, preprocessed like --calibration DIR at compile (resize, ImageNet mean/std).")
 @click.option("--random", "n_random", type=int, default=None, help="Simulate N random N(0,1) samples (default 1 when no input is given).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random samples.")
 @click.option("--compare", is_flag=True, help="Also run the original float model in onnxruntime: top-1, SQNR, cosine, per layer.")
@@ -155,7 +139,7 @@ def _db(v) -> str:
 @click.option("--adc-bits", type=int, default=None, help="Simulate ADCs of N bits instead of the target's.")
 @click.option("--exhaustive", is_flag=True, help="Compute every DAC cycle and row chunk explicitly (slow; for cross-checking).")
 @click.option("-o", "--output", type=click.Path(), default=None, help="Write the simulated outputs to this .npz file.")
-@click.option("--threads", default=1, show_default=True, help="onnxruntime threads for the digital ops and --compare.")
+@click.option("--threads", default=1, show_default=True, help="Threads for the simulator's BLAS kernels, onnxruntime (digital ops) and --compare.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary lines (no per-layer tables, no progress).")
 def simulate_cmd(bundle, input_npy, inputs_npz, images, n_random, seed, compare, model, mode, adc_bits, exhaustive,
@@ -178,14 +162,16 @@ def simulate_cmd(bundle, input_npy, inputs_npz, images, n_random, seed, compare,
     sim = runner.Simulator(b, mode=mode, adc_bits=adc_bits, exhaustive=exhaustive, threads=threads)
     reporter = prog.Progress(enabled=not quiet and not as_json)
     results = []
-    for f in reporter.track(feeds, "simulate"):
-        results.append(sim.run(f))
-    reporter.close()
-    res = runner.merge_results(results)
     cmp = None
+    if not compare:
+        for f in reporter.track(feeds, "simulate"):
+            results.append(sim.run(f, keep_layers=False))
+        res = runner.merge_results(results)
+    reporter.close()
     if compare:
         proto, mpath = runner.find_model(b, model)
         cmp = runner.compare(sim, feeds, model=proto)
+        res = cmp.sim
         cmp.model_path = mpath or model
     if output:
         try:
@@ -205,6 +191,10 @@ def simulate_cmd(bundle, input_npy, inputs_npz, images, n_random, seed, compare,
         click.echo(json.dumps(d, indent=2, sort_keys=True, default=lambda v: None if v != v else v))
         return
     n = len(feeds)
+    may = sum(k.info.columns_may_clip for k in sim.kernels.values())
+    if mode == "ideal" and may:
+        click.echo(f"note: ideal mode ignores ADC saturation; {may:,} columns could clip with {adc}-bit ADCs "
+                   f"(use --mode bit-serial to model it)", err=True)
     click.echo(f"simulated {n} sample{'s' * (n != 1)} of {bundle} (mode {mode}{', exhaustive' if exhaustive else ''}, "
                f"ADC {adc} bits) in {res.seconds:.3f} s ({res.seconds / n:.4f} s/sample)")
     click.echo(f"ADC conversions: {res.conversions:,}  clipped: {res.clipped:,} ({100 * res.clipped_fraction:.4f}%)")

@@ -264,12 +264,13 @@ class Simulator:
             out[name] = a.astype(dt, copy=False)
         return out
 
-    def run(self, feeds: dict[str, np.ndarray], *, record: bool = False) -> SimResult:
-        """Simulate one feed dict (BLAS and onnxruntime both limited to ``threads`` threads)."""
+    def run(self, feeds: dict[str, np.ndarray], *, record: bool = False, keep_layers: bool = True) -> SimResult:
+        """Simulate one feed dict (BLAS and onnxruntime both limited to ``threads`` threads).
+        ``keep_layers=False`` drops the per-layer outputs (less memory over many samples)."""
         with blas_threads(self.threads):
-            return self._run(feeds, record)
+            return self._run(feeds, record, keep_layers)
 
-    def _run(self, feeds: dict[str, np.ndarray], record: bool) -> SimResult:
+    def _run(self, feeds: dict[str, np.ndarray], record: bool, keep_layers: bool = True) -> SimResult:
         t0 = time.perf_counter()
         env: dict[str, np.ndarray] = {}
         for t in self.init.values():
@@ -281,7 +282,7 @@ class Simulator:
             if kind == "xbar":
                 lid, node = obj
                 k = self.kernels[lid]
-                x = env[node.input[0]]
+                x = env[node.input[0]] if node.input[0] in env else onnx.numpy_helper.to_array(self.init[node.input[0]])
                 ts = time.perf_counter()
                 et = self.types.get(node.output[0])
                 odt = np.float32
@@ -297,7 +298,8 @@ class Simulator:
                 st.clipped += r.clipped
                 st.seconds += time.perf_counter() - ts
                 env[node.output[0]] = r.y
-                res.layer_outputs[lid] = r.y
+                if keep_layers or record:
+                    res.layer_outputs[lid] = r.y
                 if record:
                     res.layer_acc[lid] = r.acc
                     res.layer_xq[lid] = r.xq
@@ -317,8 +319,9 @@ class Simulator:
         res.seconds = time.perf_counter() - t0
         return res
 
-    def run_many(self, feeds_list: Iterable[dict[str, np.ndarray]], *, record: bool = False) -> SimResult:
-        results = [self.run(f, record=record) for f in feeds_list]
+    def run_many(self, feeds_list: Iterable[dict[str, np.ndarray]], *, record: bool = False,
+                 keep_layers: bool = True) -> SimResult:
+        results = [self.run(f, record=record, keep_layers=keep_layers) for f in feeds_list]
         if not results:
             raise SimError("no inputs to simulate")
         return merge_results(results)
@@ -472,9 +475,8 @@ def float_tensor_map(bundle_model: onnx.ModelProto, float_model: onnx.ModelProto
     return res
 
 
-def reference_outputs(model: onnx.ModelProto, feeds_list: list[dict[str, np.ndarray]],
-                      extra: list[str], threads: int = 1) -> list[dict[str, np.ndarray]]:
-    """Run the float model in onnxruntime with ``extra`` tensors exposed as outputs."""
+def reference_session(model: onnx.ModelProto, extra: list[str], threads: int = 1):
+    """An onnxruntime session of the float model with the ``extra`` tensors exposed as outputs."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     produced = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
@@ -490,56 +492,111 @@ def reference_outputs(model: onnx.ModelProto, feeds_list: list[dict[str, np.ndar
         else:
             vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
         m.graph.output.append(vi)
-    sess = ortutil.session(m, threads)
-    names = [o.name for o in sess.get_outputs()]
-    inputs = {i.name for i in sess.get_inputs()}
-    out = []
-    for f in feeds_list:
-        vals = sess.run(names, {k: v for k, v in f.items() if k in inputs})
-        out.append(dict(zip(names, vals)))
-    return out
+    return ortutil.session(m, threads)
+
+
+class _Fidelity:
+    """Running sums over samples for SQNR and cosine similarity (no arrays kept)."""
+
+    def __init__(self):
+        self.ref2 = self.err2 = self.sim2 = self.dot = 0.0
+        self.n = 0
+
+    def add(self, ref, got) -> None:
+        r = np.asarray(ref, np.float64).ravel()
+        g = np.asarray(got, np.float64).ravel()
+        e = r - g
+        self.ref2 += float(r @ r)
+        self.err2 += float(e @ e)
+        self.sim2 += float(g @ g)
+        self.dot += float(r @ g)
+        self.n += 1
+
+    @property
+    def sqnr_db(self) -> float | None:
+        if not self.n:
+            return None
+        if self.err2 == 0.0:
+            return float("inf")
+        if self.ref2 == 0.0:
+            return float("-inf")
+        return 10.0 * float(np.log10(self.ref2 / self.err2))
+
+    @property
+    def cosine(self) -> float | None:
+        if not self.n:
+            return None
+        if self.ref2 == 0.0 or self.sim2 == 0.0:
+            return 1.0 if self.ref2 == self.sim2 else 0.0
+        return self.dot / float(np.sqrt(self.ref2 * self.sim2))
 
 
 def compare(bundle_or_path, feeds, *, model=None, mode: str = "auto", adc_bits: int | None = None,
             exhaustive: bool = False, threads: int = 1) -> CompareResult:
-    """Simulate ``feeds`` and compare with onnxruntime on the original float model."""
+    """Simulate ``feeds`` and compare with onnxruntime on the original float model.
+
+    Samples are streamed: per-layer statistics are accumulated sample by sample (SQNR and cosine
+    over all samples together), so memory does not grow with the number of samples; only the
+    graph outputs (simulated and reference) are kept.
+    """
     sim = bundle_or_path if isinstance(bundle_or_path, Simulator) else Simulator(
         bundle_or_path, mode=mode, adc_bits=adc_bits, exhaustive=exhaustive, threads=threads)
     feeds_list = [feeds] if isinstance(feeds, dict) else list(feeds)
+    if not feeds_list:
+        raise SimError("no inputs to compare")
     proto, mpath = find_model(sim.bundle, model)
-    res = sim.run_many(feeds_list)
     layer_tensor = float_tensor_map(sim.model, proto, {lid: node.output[0] for lid, node in sim.layer_node.items()})
-    refs = reference_outputs(proto, feeds_list, [t for t in layer_tensor.values() if t], threads)
-    ref = {k: np.concatenate([r[k].reshape((-1,) + r[k].shape[1:]) if r[k].ndim else r[k][None] for r in refs])
-           for k in refs[0]}
+    sess = reference_session(proto, [t for t in layer_tensor.values() if t], sim.threads)
+    names = [o.name for o in sess.get_outputs()]
+    in_names = {i.name for i in sess.get_inputs()}
+    out_fid: dict[str, _Fidelity] = {}
+    top: dict[str, list[int]] = {}
+    lay_fid = {lid: _Fidelity() for lid in layer_tensor}
+    results, refs = [], []
+    for f in feeds_list:
+        r = sim.run(f)
+        ref = dict(zip(names, sess.run(names, {k: v for k, v in f.items() if k in in_names})))
+        for name, got in r.outputs.items():
+            if name not in ref:
+                continue
+            want = ref[name]
+            out_fid.setdefault(name, _Fidelity()).add(want, got)
+            if is_classifier_output(want) and want.shape == np.shape(got):
+                a = want.reshape(-1, want.shape[-1]).argmax(-1)
+                b = np.asarray(got).reshape(-1, want.shape[-1]).argmax(-1)
+                t = top.setdefault(name, [0, 0])
+                t[0] += int(np.sum(a == b))
+                t[1] += int(a.size)
+        for lid, tensor in layer_tensor.items():
+            got = r.layer_outputs.get(lid)
+            want = ref.get(tensor) if tensor else None
+            if want is not None and got is not None and want.shape == got.shape:
+                lay_fid[lid].add(want, got)
+        r.layer_outputs = {}
+        results.append(r)
+        refs.append({k: ref[k] for k in r.outputs if k in ref})
+    res = merge_results(results)
+    if not out_fid:
+        raise SimError("the float model has none of the bundle's outputs "
+                       f"({', '.join(res.outputs)}); is it the model this bundle was compiled from?")
     outs: dict[str, dict[str, float]] = {}
     top1 = None
-    for name, got in res.outputs.items():
-        if name not in ref:
-            continue
-        want = ref[name]
-        d = {"sqnr_db": ortutil.sqnr_db(want, got), "cosine": ortutil.cosine(want, got)}
-        if is_classifier_output(want) and want.shape == got.shape:
-            a = want.reshape(-1, want.shape[-1]).argmax(-1)
-            b = np.asarray(got).reshape(-1, want.shape[-1]).argmax(-1)
-            d["top1"] = float(np.mean(a == b))
-            d["top1_agree"], d["top1_total"] = int(np.sum(a == b)), int(a.size)
+    for name, fd in out_fid.items():
+        d = {"sqnr_db": fd.sqnr_db, "cosine": fd.cosine}
+        if name in top:
+            d["top1_agree"], d["top1_total"] = top[name]
+            d["top1"] = top[name][0] / top[name][1] if top[name][1] else 0.0
             if top1 is None:
                 top1 = d["top1"]
         outs[name] = d
-    if not outs:
-        raise SimError("the float model has none of the bundle's outputs "
-                       f"({', '.join(res.outputs)}); is it the model this bundle was compiled from?")
     first = next(iter(outs.values()))
     layers = []
     for lid, tensor in layer_tensor.items():
         st = res.layers.get(lid)
-        got = res.layer_outputs.get(lid)
-        want = ref.get(tensor) if tensor else None
-        ok = want is not None and got is not None and want.shape == got.shape
-        layers.append(LayerFidelity(lid, sim.layer_node[lid].name, tensor or "-",
-                                    ortutil.sqnr_db(want, got) if ok else None,
-                                    ortutil.cosine(want, got) if ok else None,
+        fd = lay_fid[lid]
+        layers.append(LayerFidelity(lid, sim.layer_node[lid].name, tensor or "-", fd.sqnr_db, fd.cosine,
                                     st.clipped_fraction if st else 0.0))
+    reference = {k: np.concatenate([np.asarray(r[k]).reshape((-1,) + np.shape(r[k])[1:]) if np.ndim(r[k])
+                                    else np.atleast_1d(r[k]) for r in refs]) for k in refs[0]}
     return CompareResult(samples=len(feeds_list), outputs=outs, top1=top1, sqnr_db=first["sqnr_db"],
-                         cosine=first["cosine"], layers=layers, sim=res, reference=ref, model_path=mpath)
+                         cosine=first["cosine"], layers=layers, sim=res, reference=reference, model_path=mpath)
