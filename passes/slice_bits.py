@@ -79,14 +79,13 @@ def _permute(a: np.ndarray, layer, lead: int) -> np.ndarray:
 
 
 def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
-    """Cells of every logical column, column-major: ``[G, L, R]`` uint8, rows in ``row_perm`` order.
+    """Cells of every logical column: ``[G, R, L]`` uint8 (row-major), rows in ``row_perm`` order.
 
-    Returns ``(cellsT, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
+    Returns ``(cells, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
     holds plane ``p``, sign ``+1`` (s=0) or ``-1`` (s=1), output column ``col_perm[g, j]``.
-    Column-major storage makes the column gathers of squeeze contiguous; segments expose it as
-    ``[r, c]`` views (``cellsT[g, :, rows].T``). Digits equal
-    :func:`xbc.layer.sign_magnitude_digits` (computed here per plane in 32-bit integers, several
-    times faster on large layers; a test checks the equality).
+    Segments are views ``cells[g, r0:r0+Rx]``; the dense program is a block copy of them. Digits
+    equal :func:`xbc.layer.sign_magnitude_digits` (computed here per plane in the narrowest
+    integer type, several times faster on large layers; a test checks the equality).
     """
     q = layer.quant
     if q is None:
@@ -101,15 +100,15 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
         S, offset = 2, 0
         if layer.digits is not None:
             _check_digits(layer, layer.digits, w_mat, cb)
-            D = _permute(np.asarray(layer.digits, dtype=np.int8), layer, 1).transpose(0, 1, 3, 2)
+            D = _permute(np.asarray(layer.digits, dtype=np.int8), layer, 1)
             P = D.shape[0]
-            cells = np.empty((G, P, S, C, R), np.uint8)
+            cells = np.empty((G, R, P, S, C), np.uint8)
             for p in range(P):
-                cells[:, p, 0] = np.maximum(D[p], 0)
-                cells[:, p, 1] = np.maximum(-D[p], 0)
+                np.maximum(D[p], 0, out=cells[:, :, p, 0], casting="unsafe")
+                np.maximum(-D[p], 0, out=cells[:, :, p, 1], casting="unsafe")
         else:
             P = n_planes(b, cb, "split")
-            w = np.ascontiguousarray(_permute(w_mat, layer, 0).transpose(0, 2, 1))  # [G, C, R]
+            w = np.ascontiguousarray(_permute(w_mat, layer, 0))           # [G, R, C]
             mx = max(int(w.max(initial=0)), -int(w.min(initial=0)))
             if mx >> (P * cb):
                 raise PassError(f"layer {layer.id}: weights need more than {P} planes of {cb} bits "
@@ -120,22 +119,22 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
             np.maximum(w, 0, out=pos, casting="unsafe")       # no int32 temporaries
             np.minimum(w, 0, out=neg, casting="unsafe")
             np.negative(neg, out=neg)
-            cells = np.empty((G, P, S, C, R), np.uint8)
+            cells = np.empty((G, R, P, S, C), np.uint8)
             for p in range(P):
-                np.bitwise_and(pos >> (p * cb), mask, out=cells[:, p, 0], casting="unsafe")
-                np.bitwise_and(neg >> (p * cb), mask, out=cells[:, p, 1], casting="unsafe")
+                np.bitwise_and(pos >> (p * cb), mask, out=cells[:, :, p, 0], casting="unsafe")
+                np.bitwise_and(neg >> (p * cb), mask, out=cells[:, :, p, 1], casting="unsafe")
     else:
         S = 1
         P = n_planes(b, cb, "offset")
         offset = 1 << (b - 1)
-        v = np.ascontiguousarray(_permute(w_mat, layer, 0).transpose(0, 2, 1)) + offset
+        v = _permute(w_mat, layer, 0) + offset
         if v.min(initial=0) < 0 or v.max(initial=0) >= (1 << (P * cb)):
             raise PassError(f"layer {layer.id}: weights exceed the {b}-bit range of offset encoding")
         v = v.astype(np.uint8 if P * cb <= 8 else np.uint16)
-        cells = np.empty((G, P, S, C, R), np.uint8)
+        cells = np.empty((G, R, P, S, C), np.uint8)
         for p in range(P):
-            np.bitwise_and(v >> (p * cb), mask, out=cells[:, p, 0], casting="unsafe")
-    return cells.reshape(G, P * S * C, R), P, S, offset
+            np.bitwise_and(v >> (p * cb), mask, out=cells[:, :, p, 0], casting="unsafe")
+    return cells.reshape(G, R, P * S * C), P, S, offset
 
 
 def logical_columns(layer, planes: int, signs: int, cell_bits: int, g: int):
@@ -153,12 +152,12 @@ def logical_columns(layer, planes: int, signs: int, cell_bits: int, g: int):
 def slice_layer(layer, node, target, share_groups: bool = True):
     """Segments and dense placements of one layer.
 
-    Returns ``(segments, placements, cellsT, P, S, offset)``; ``placements`` is in the format of
+    Returns ``(segments, placements, cells, P, S, offset)``; ``placements`` is in the format of
     :func:`xbc.layer.assemble_program`.
     """
     Rx, Cx = target.rows, target.cols
-    cellsT, P, S, offset = layer_cells(layer, node, target)
-    G, L, R = cellsT.shape
+    cells, P, S, offset = layer_cells(layer, node, target)
+    G, R, L = cells.shape
     rp = (np.asarray(layer.row_perm, dtype=np.int32) if layer.row_perm is not None
           else np.broadcast_to(np.arange(R, dtype=np.int32), (G, R)))
     segments: list[Segment] = []
@@ -166,7 +165,7 @@ def slice_layer(layer, node, target, share_groups: bool = True):
         ci, cs, sg = logical_columns(layer, P, S, target.cell_bits, g)
         for r0 in range(0, R, Rx):
             segments.append(Segment(group=g, rows=np.ascontiguousarray(rp[g, r0:r0 + Rx]), col_index=ci,
-                                    col_shift=cs, col_sign=sg, cells=cellsT[g, :, r0:r0 + Rx].T))
+                                    col_shift=cs, col_sign=sg, cells=cells[g, r0:r0 + Rx]))
     placements: list[list[tuple[int, int, int, int, int]]] = []
     if share_groups and R <= Rx and L <= Cx:
         k = min(Rx // R, Cx // L)
@@ -176,32 +175,30 @@ def slice_layer(layer, node, target, share_groups: bool = True):
         for s in range(len(segments)):
             for a in range(0, L, Cx):
                 placements.append([(s, 0, 0, a, min(a + Cx, L))])
-    return segments, placements, cellsT, P, S, offset
+    return segments, placements, cells, P, S, offset
 
 
-def dense_program(layer, segments, placements, cellsT, target, offset: int, share_groups: bool):
-    """The dense program: a single transposing copy when groups are tiled (no sharing), else
-    :func:`xbc.packing.build_program`. Equal to ``assemble_program(segments, placements, ...)``."""
+def dense_program(layer, segments, placements, src, target, offset: int, share_groups: bool):
+    """The dense program: one block copy of ``src`` (``[G, R, L]`` cells) when groups are tiled
+    (no sharing), else :func:`xbc.packing.build_program`. Equal to ``assemble_program(segments,
+    placements, ...)`` (a test checks it)."""
     Rx, Cx = target.rows, target.cols
-    G, L, R = cellsT.shape
+    G, R, L = src.shape
     if share_groups and R <= Rx and L <= Cx:
         return build_program(segments, placements, Rx, Cx, offset)
     nrb, nch = -(-R // Rx), -(-L // Cx)
-    cells = np.zeros((G, nrb, nch, Rx, Cx), np.uint8)
     fr, fc = R // Rx, L // Cx
-    # one transposing copy for the full blocks, then the ragged edges
+    w, h = L - fc * Cx, R - fr * Rx
+    cells = np.zeros((G, nrb, nch, Rx, Cx), np.uint8)
+    # full blocks in one block copy (rows of Cx contiguous cells), then the ragged edges
     if fr and fc:
-        cells[:, :fr, :fc] = cellsT[:, :fc * Cx, :fr * Rx].reshape(G, fc, Cx, fr, Rx).transpose(0, 3, 1, 4, 2)
-    if fc < nch:
-        w = L - fc * Cx
-        if fr:
-            cells[:, :fr, fc, :, :w] = cellsT[:, fc * Cx:, :fr * Rx].reshape(G, w, fr, Rx).transpose(0, 2, 3, 1)
-    if fr < nrb:
-        h = R - fr * Rx
-        if fc:
-            cells[:, fr, :fc, :h, :] = cellsT[:, :fc * Cx, fr * Rx:].reshape(G, fc, Cx, h).transpose(0, 1, 3, 2)
-        if fc < nch:
-            cells[:, fr, fc, :h, :L - fc * Cx] = cellsT[:, fc * Cx:, fr * Rx:].transpose(0, 2, 1)
+        cells[:, :fr, :fc] = src[:, :fr * Rx, :fc * Cx].reshape(G, fr, Rx, fc, Cx).transpose(0, 1, 3, 2, 4)
+    if w and fr:
+        cells[:, :fr, fc, :, :w] = src[:, :fr * Rx, fc * Cx:].reshape(G, fr, Rx, w)
+    if h and fc:
+        cells[:, fr, :fc, :h, :] = src[:, fr * Rx:, :fc * Cx].reshape(G, h, fc, Cx).transpose(0, 2, 1, 3)
+    if h and w:
+        cells[:, fr, fc, :h, :w] = src[:, fr * Rx:, fc * Cx:]
     X = G * nrb * nch
     prog = empty_program(Rx, Cx)
     prog.cells = cells.reshape(X, Rx, Cx)
@@ -238,8 +235,8 @@ class SliceBits(Pass):
                "crossbars_isaac": 0, "segments": 0}
         for node in ctx.each_layer(graph):
             L = node.layer
-            segments, placements, cellsT, P, S, offset = slice_layer(L, node, t, self.share_groups)
-            prog = dense_program(L, segments, placements, cellsT, t, offset, self.share_groups)
+            segments, placements, cells, P, S, offset = slice_layer(L, node, t, self.share_groups)
+            prog = dense_program(L, segments, placements, cells, t, offset, self.share_groups)
             X = prog.n_crossbars
             expect = dense_crossbars(L.groups, L.rows, L.cols, t, P, S, self.share_groups)
             if X != expect:  # pragma: no cover - internal consistency

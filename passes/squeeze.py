@@ -56,18 +56,17 @@ def _popcount_rows(packed: np.ndarray) -> np.ndarray:
     return np.add.reduce(np.bitwise_count(packed), axis=-1, dtype=np.int64)
 
 
-_MAGIC = np.uint64(0x8040201008040201)  # byte i (0/1) -> bit 7-i of the top byte
-
-
-def pack_support(cT: np.ndarray, binary: bool) -> np.ndarray:
-    """``np.packbits(cT != 0, axis=1)`` for ``[c, r]`` cells; for 0/1 cells with 8-byte aligned
-    rows a multiply-shift packs eight cells per 64-bit word (several times faster)."""
-    c, r = cT.shape
-    if (binary and r % 8 == 0 and cT.strides[1] == 1 and cT.strides[0] % 8 == 0
-            and cT.__array_interface__["data"][0] % 8 == 0 and c > 0):
-        w = cT.view(np.uint64)                            # [c, r/8]; cell 8k+i is byte i of word k
-        return ((w * _MAGIC) >> np.uint64(56)).astype(np.uint8)
-    return np.packbits(cT.view(np.bool_) if binary else cT != 0, axis=1)
+def pack_support(cells: np.ndarray, binary: bool) -> np.ndarray:
+    """Row supports of every column of ``[r, c]`` cells as packed bits ``[c, ceil(r/8)]``
+    (``== np.packbits(cells.T != 0, axis=1)``, row 0 in the top bit). Eight shift-ors over rows
+    of the (row-major) segment; for 0/1 cells no comparison is needed."""
+    r, c = cells.shape
+    nz = cells if binary else (cells != 0).view(np.uint8)
+    out = np.zeros((-(-r // 8), c), np.uint8)
+    for i in range(min(8, r)):
+        rows = nz[i::8]
+        out[:rows.shape[0]] |= rows << np.uint8(7 - i)
+    return np.ascontiguousarray(out.T)
 
 
 def support_keys(packed: np.ndarray, count: np.ndarray, rows: int) -> np.ndarray:
@@ -119,11 +118,10 @@ def _segment_items(seg: Segment, Cx: int, split: bool, binary: bool):
     """Squeeze one segment; return its items for the variants ``whole``, ``chunks`` and
     ``chunks+tail`` (the last two None without ``split``) and its kept columns / cells.
 
-    Works on the column-major view ``seg.cells.T`` and packed row-support bits (1/8 of the
-    cells): one pass over the cells to pack them, everything else on the packed bits."""
-    cT = seg.cells.T                                      # [L, r]
-    r = cT.shape[1]
-    packed = pack_support(cT, binary)                     # [L, ceil(r/8)], row 0 = MSB
+    One pass over the cells packs their row supports (1/8 of the data); everything else works
+    on the packed bits."""
+    r = seg.cells.shape[0]
+    packed = pack_support(seg.cells, binary)              # [L, ceil(r/8)], row 0 = MSB
     cnt = _popcount_rows(packed)
     keep = np.flatnonzero(cnt)
     if keep.size == 0:
@@ -214,35 +212,51 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
             col0 += b - a
         placements.append(out)
 
+    seg_index = {id(ps): k for k, (w, _, _, _) in enumerate(per) for ps in (w[0].s,)}
+
     def fill(cells, flat):
-        # runs of full-width, all-rows pieces of one segment in consecutive crossbars (the bulk
-        # of a large layer) are copied with one gather and one block-transposing assignment
-        i, nflat = 0, len(flat)
+        # Visit the pieces segment by segment (in column order), so each segment's kept columns
+        # are gathered once; runs of full-width, all-rows pieces in consecutive crossbars (the
+        # bulk of a large layer) are copied with one block assignment.
+        order = sorted(range(len(flat)), key=lambda e: (seg_index[id(sources[flat[e][1]][0])],
+                                                        sources[flat[e][1]][1]))
+        i, nflat = 0, len(order)
         while i < nflat:
-            x, k, r0, c0, _a, n = flat[i]
-            s, lo, hi, mask = sources[k]
-            j = i + 1
-            if mask is None and r0 == 0 and c0 == 0 and n == Cx:
-                while j < nflat:
-                    x2, k2, r02, c02, _a2, n2 = flat[j]
-                    s2, lo2, _, mask2 = sources[k2]
-                    if not (s2 is s and lo2 == lo + (j - i) * Cx and x2 == x + (j - i) and mask2 is None
-                            and r02 == 0 and c02 == 0 and n2 == Cx):
-                        break
-                    j += 1
-            q = j - i
-            block = s.seg.cells.T[s.cols[lo:lo + q * n]]      # [q*n, r] gather of whole columns
-            if mask is not None:
-                block = block[:, mask]
-            r = block.shape[1]
-            if q == 1:
-                cells[x, r0:r0 + r, c0:c0 + n] = block.T
-            else:
-                cells[x:x + q, :r, :n] = block.reshape(q, n, r).transpose(0, 2, 1)
-            for e in range(i, j):
-                xe, ke, re0, ce0 = flat[e][:4]
-                pieces[ke].cells = cells[xe, re0:re0 + r, ce0:ce0 + n]
-            i = j
+            g0 = i
+            s = sources[flat[order[i]][1]][0]
+            while i < nflat and sources[flat[order[i]][1]][0] is s:
+                i += 1
+            group = order[g0:i]
+            whole = np.take(s.seg.cells, s.cols, axis=1) if len(group) >= 4 else None   # [r, kept]
+            a = 0
+            while a < len(group):
+                x, k, r0, c0, _a, n = flat[group[a]]
+                _, lo, hi, mask = sources[k]
+                b = a + 1
+                if mask is None and r0 == 0 and c0 == 0 and n == Cx:
+                    while b < len(group):
+                        x2, k2, r02, c02, _a2, n2 = flat[group[b]]
+                        _, lo2, _, mask2 = sources[k2]
+                        if not (lo2 == lo + (b - a) * Cx and x2 == x + (b - a) and mask2 is None
+                                and r02 == 0 and c02 == 0 and n2 == Cx):
+                            break
+                        b += 1
+                q = b - a
+                if whole is not None:
+                    block = whole[:, lo:lo + q * n]
+                else:
+                    block = np.take(s.seg.cells, s.cols[lo:lo + q * n], axis=1)
+                if mask is not None:
+                    block = block[mask]
+                r = block.shape[0]
+                if q == 1:
+                    cells[x, r0:r0 + r, c0:c0 + n] = block
+                else:
+                    cells[x:x + q, :r, :n] = block.reshape(r, q, n).transpose(1, 0, 2)
+                for e in group[a:b]:
+                    xe, ke, re0, ce0 = flat[e][:4]
+                    pieces[ke].cells = cells[xe, re0:re0 + r, ce0:ce0 + n]
+                a = b
 
     prog = build_program(pieces, placements, Rx, Cx, offset, fill=fill)
     info = {"lower_bound": int(lb), "pack_method": method, "pack_status": status,

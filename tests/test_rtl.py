@@ -5,7 +5,8 @@ depthwise conv, grouped 1x1 conv, Gemm) on small 16x16 crossbars. Every layer's 
 in Icarus Verilog (``make``); the outputs it writes are compared here, in Python, with the
 simulator's bit-serial kernel and with the golden model. Cases: the SME target (split encoding,
 1-bit cells); ISAAC-style offset encoding with 2-bit cells, 2-bit DAC slices, two row chunks per
-crossbar and 5-bit ADCs that clip; SME with 2-bit ADCs that clip. Verilator lints every datapath.
+crossbar and 5-bit ADCs that clip; SME with 2-bit ADCs that clip; MARS SRAM macros (16 row
+chunks of 256 rows). Verilator lints every datapath.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +53,7 @@ def isaac(tmp_path_factory):
 
 def _check_rtl_equals_simulator(bundle, res):
     b = read_bundle(bundle)
-    assert [m["id"] for m in res.manifest["layers"]] == list(b.layers)
+    assert [m["id"] for m in res.manifest["layers"]] == [lid for lid in b.layers if lid in res.stimulus]
     for m in res.manifest["layers"]:
         spec = b.layers[m["id"]]
         got = emit.read_outputs(res.out_dir, m)
@@ -97,12 +97,24 @@ def test_offset_encoding_chunks_and_adc_clipping_bit_exact(isaac):
     assert differs > 0    # clipping changes the results, and the RTL still matches
 
 
+def test_mars_sram_macros_skip_row_chunks_without_rows(tmp_path_factory):
+    """256x64 SRAM macros with 16 word lines on at once: 16 row chunks, and the schedule visits a
+    (chunk, column) pair only where the crossbar has a used row in the chunk."""
+    bundle = _bundle(tmp_path_factory, "mars", "mars", [])
+    fc = next(lid for lid, s in read_bundle(bundle).layers.items() if s.kind == "gemm")
+    res = emit.emit_rtl(bundle, bundle.parent / "rtl", layers=[fc], vectors=3, run=True)
+    plan = res.plans[0]
+    assert (plan.Rx, plan.Q) == (256, 16) and 0 < plan.T < plan.E * plan.Q
+    _check_rtl_equals_simulator(bundle, res)
+
+
 def test_sme_adc_clipping_via_cli(tmp_path_factory, capsys):
     bundle = _bundle(tmp_path_factory, "sme_clip", "sme", ["rows=16", "cols=16", "rows_active=8", "adc_bits=2"])
     b = read_bundle(bundle)
     ids = [lid for lid, s in b.layers.items() if s.kind == "gemm" or s.groups == 1]
     out = bundle.parent / "rtl"
-    code = main(["emit-rtl", str(bundle), "-o", str(out), "--layers", ",".join(ids), "--vectors", "4", "--run"])
+    code = main(["emit-rtl", str(bundle), "-o", str(out), "--layers", ",".join(ids), "--vectors", "4",
+                 "--stimulus", "random", "--run"])
     text = capsys.readouterr()
     assert code == 0, text.err
     assert "all 2 testbench(es) pass" in text.out
@@ -110,6 +122,7 @@ def test_sme_adc_clipping_via_cli(tmp_path_factory, capsys):
     assert [m["id"] for m in man["layers"]] == ids
     for m in man["layers"]:
         assert m["adc_clipped_conversions"] > 0
+        assert m["stimulus_from"].startswith("synthetic")
         xq = np.loadtxt(out / m["stimulus"], dtype=str, ndmin=1)
         xq = np.array([int(v, 16) for v in xq], np.int64).reshape(m["vectors"], m["groups"], m["rows"])
         np.testing.assert_array_equal(emit.read_outputs(out, m), emit.simulator_acc(b.layers[m["id"]], xq))
@@ -200,6 +213,12 @@ def test_cli_errors(sme, tmp_path, capsys, monkeypatch):
     code = main(["emit-rtl", str(bad), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "invalid" in err and not (tmp_path / "o").exists()
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    code = main(["emit-rtl", str(bundle), "-o", str(busy)])
+    assert code == 2 and "not empty" in capsys.readouterr().err and (busy / "notes.txt").exists()
 
     empty = tmp_path / "empty_path"
     empty.mkdir()

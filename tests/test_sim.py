@@ -508,3 +508,29 @@ def test_cli_wrong_npz_names_the_input(tiny_bundle, capsys):
     np.save(d / "bad.npy", np.zeros((1, 3, 15, 16), np.float32))
     code, _, err = _cli(["simulate", d / "b", "--input", d / "bad.npy"], capsys)
     assert code == 2 and "[1, 3, 15, 16]" in err and "[1, 3, 16, 16]" in err
+
+
+def test_bench_sim_rows(tiny_bundle):
+    from xbc.backends.sim.bench import bench_sim, format_rows
+
+    d, model = tiny_bundle
+    rep = bench_sim(model, "mars", samples=1, exhaustive=True)
+    assert [r["mode"] for r in rep["rows"]] == ["bit-serial", "ideal", "bit-serial (exhaustive)"]
+    assert rep["ort_ms_per_image"] > 0 and rep["sim_ms_per_image"] > 0
+    assert rep["ratio"] == pytest.approx(rep["rows"][0]["ms_per_image"] / rep["ort_ms_per_image"], rel=0.02)
+    assert len({r["conversions_per_image"] for r in rep["rows"]}) == 1
+    assert "onnxruntime float model" in format_rows(rep)
+    # as xbc bench calls it: a bundle path and its feeds; the float model is found next to it
+    feeds = [ortutil.random_inputs(model, seed=1)]
+    rep = bench_sim(d / "b", feeds=feeds, modes=("bit-serial",))
+    assert rep["samples"] == 1 and rep["target"] == "sme" and rep["ort_ms_per_image"] > 0
+
+
+def test_quantize_input_is_qmath():
+    from xbc import qmath
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 3,
+                        (np.arange(-40, 40) * 0.0625 + 0.03125).astype(np.float32)])   # exact .5 ties
+    for scale, zp, bits in ((0.0625, 7, 8), (0.013, 128, 8), (1e-3, 40000, 16), (0.5, 0, 2)):
+        np.testing.assert_array_equal(quantize_input(x, scale, zp, bits), qmath.quantize_input(x, scale, zp, bits))

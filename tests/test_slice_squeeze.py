@@ -35,14 +35,14 @@ def test_cells_are_sign_magnitude_digits_with_permutations():
     rng = np.random.default_rng(0)
     L.row_perm = np.stack([rng.permutation(L.rows) for _ in range(L.groups)]).astype(np.int32)
     L.col_perm = np.stack([rng.permutation(L.cols) for _ in range(L.groups)]).astype(np.int32)
-    cellsT, P, S, off = layer_cells(L, node, t)
+    cells, P, S, off = layer_cells(L, node, t)
     M = wmat(node)
     D = sign_magnitude_digits(M, t.cell_bits, n_planes(L.quant.weight_bits, t.cell_bits, "split"))
     assert (P, S, off) == (D.shape[0], 2, 0)
     Dp = D[:, :, L.row_perm[0]][:, :, :, L.col_perm[0]]           # [P, 1, R, C] permuted
     want = np.stack((np.maximum(Dp, 0), np.maximum(-Dp, 0)), axis=1)  # [P, 2, 1, R, C]
-    want = want.transpose(2, 0, 1, 4, 3).reshape(1, P * 2 * L.cols, L.rows)
-    assert np.array_equal(cellsT, want.astype(np.uint8))
+    want = want.transpose(2, 3, 0, 1, 4).reshape(1, L.rows, P * 2 * L.cols)
+    assert np.array_equal(cells, want.astype(np.uint8))
     # the pass honours both permutations and still conserves the weights
     PassManager("slice-bits").run(g, PassContext(target=t))
     p = L.program
@@ -60,10 +60,10 @@ def test_offset_encoding_digits():
     p = L.program
     assert p.offset == 1 << 15 and L.stats["planes"] == 8 and L.stats["signs"] == 1
     assert np.all(p.col_sign[p.col_group >= 0] == 1)
-    cellsT, P, S, off = layer_cells(L, node, t)
+    cells, P, S, off = layer_cells(L, node, t)
     v = wmat(node)[0] + off                           # [R, C]
     for q in range(P):
-        assert np.array_equal(cellsT[0, q * L.cols:(q + 1) * L.cols].T, (v >> (2 * q)) & 3)
+        assert np.array_equal(cells[0, :, q * L.cols:(q + 1) * L.cols], (v >> (2 * q)) & 3)
     assert np.array_equal(rebuild_matrix(p, 1, L.rows, L.cols), wmat(node))
 
 
@@ -144,7 +144,7 @@ def _seg(group, cells, rows=None):
     r, c = cells.shape
     return Segment(group=group, rows=np.arange(r, dtype=np.int32) if rows is None else np.asarray(rows, np.int32),
                    col_index=np.arange(c, dtype=np.int32), col_shift=np.zeros(c, np.int32),
-                   col_sign=np.ones(c, np.int8), cells=np.asfortranarray(cells))
+                   col_sign=np.ones(c, np.int8), cells=cells)
 
 
 def test_support_split_beats_whole_segments():

@@ -170,12 +170,14 @@ def _rows_height(n: int, per: float, extra: float, lo: float = 2.4) -> float:
 # figures
 # ----------------------------------------------------------------------------------------
 
-def crossbar_steps(layer_ids: list[str], colors: list[str], steps: list[tuple[str, str, list]]) -> bytes:
+def crossbar_steps(layer_ids: list[str], colors: list[str], steps: list[tuple[str, str, list]],
+                   bound: list | None = None) -> bytes:
     """Horizontal grouped bars: crossbars per layer for each step ``(key, label, counts)``;
-    ``None`` counts are left out. Log scale when the counts span more than a factor 30."""
+    ``None`` counts are left out. Log scale when the counts span more than a factor 30.
+    ``bound``: per layer a lower bound drawn as a black tick on the last step's bar."""
     n = len(layer_ids)
     with style():
-        fig = new_figure(_rows_height(n, 0.13 + 0.09 * len(steps), 1.3))
+        fig = new_figure(_rows_height(n, 0.08 + 0.065 * len(steps), 1.3))
         ax = fig.add_subplot()
         vals = np.array([[np.nan if v is None else float(v) for v in c] for _, _, c in steps], float)
         pos = vals[np.isfinite(vals) & (vals > 0)]
@@ -192,6 +194,12 @@ def crossbar_steps(layer_ids: list[str], colors: list[str], steps: list[tuple[st
                 for yi, vi in zip(y[ok], v[ok]):
                     ax.text(vi if vi > 0 else (0.8 if log else 0), yi, f" {int(vi):,}", va="center",
                             fontsize=6.5, color="#333333")
+        if bound is not None:
+            y = np.arange(n) - 0.4 + h * (k - 0.5)
+            bv = np.array([np.nan if v is None else float(v) for v in bound])
+            ok = np.isfinite(bv) & (bv > 0)
+            ax.scatter(bv[ok], y[ok], marker="|", s=(72 * h * 0.3 * 1.1) ** 2 * 4, color="black", linewidths=1.6,
+                       zorder=4, label="squeeze lower bound")
         ax.margins(x=0.12)
         if log:
             ax.set_xscale("log")
@@ -202,12 +210,16 @@ def crossbar_steps(layer_ids: list[str], colors: list[str], steps: list[tuple[st
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _layer_ticks(ax, layer_ids, colors)
         ax.xaxis.grid(True, which="major")
+        if n > 20:  # a tall chart: tick labels on top as well
+            ax.tick_params(axis="x", top=True, labeltop=True)
         ax.set_xlabel("physical crossbars per layer" + (" (log scale)" if log else ""))
         H = fig.get_figheight()
         fig.suptitle("Crossbars per layer before and after each sparsity step", fontsize=11, fontweight="bold",
                      y=1 - 0.08 / H, va="top")
-        fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 1 - 0.36 / H),
-                   ncol=k, fontsize=8)
+        hl = ax.get_legend_handles_labels()
+        order = sorted(range(len(hl[1])), key=lambda i: hl[1][i] == "squeeze lower bound")
+        fig.legend([hl[0][i] for i in order], [hl[1][i] for i in order], loc="upper center", bbox_to_anchor=(0.5, 1 - 0.36 / H),
+                   ncol=k + (bound is not None), fontsize=8)
         fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.7 / H, bottom=0.5 / H)
         return fig_png(fig)
 
@@ -263,8 +275,10 @@ def tile_map(tiles: dict[int, list[tuple[int, int]]], replicas: dict[int, int], 
 
     used = sorted(tiles)
     rows_shown = max(1, (max(used) // mesh_cols + 1) if used else 1)
-    cols_shown = mesh_cols
-    side = min(0.5, (WIDTH_IN - 1.0) / cols_shown)
+    last_col = max((t % mesh_cols for t in used), default=0)
+    cols_shown = min(mesh_cols, max(8, last_col + 2))   # the used part of the mesh, and a free column
+    side = min(0.6, (WIDTH_IN - 1.0) / cols_shown)
+    pct = "%" if side >= 0.38 else ""
     legend = len(layer_ids) <= 18
     leg_h = 0.22 * math.ceil((len(layer_ids) + bool(replicas)) / 6) + 0.1 if legend else 0.0
     top, bottom = 0.72, 0.15 + leg_h
@@ -274,8 +288,10 @@ def tile_map(tiles: dict[int, list[tuple[int, int]]], replicas: dict[int, int], 
         ax = fig.add_axes((0.6 / WIDTH_IN, bottom / H, side * cols_shown / WIDTH_IN, side * rows_shown / H))
         fs = max(5.5, min(8.0, 20.0 * side))
         stroke = [patheffects.withStroke(linewidth=2, foreground="white")]
-        for t in range(min(n_tiles, rows_shown * cols_shown)):
-            r, c = divmod(t, cols_shown)
+        for r, c in np.ndindex(rows_shown, cols_shown):
+            t = r * mesh_cols + c
+            if t >= n_tiles:
+                break
             ax.add_patch(Rectangle((c + 0.05, r + 0.05), 0.9, 0.9, facecolor="#f4f4f4", edgecolor="#d0d0d0",
                                    linewidth=0.5))
             if t not in tiles:
@@ -292,7 +308,7 @@ def tile_map(tiles: dict[int, list[tuple[int, int]]], replicas: dict[int, int], 
                                        hatch="///", linewidth=0.0))
             ax.add_patch(Rectangle((c + 0.05, r + 0.05), 0.9, 0.9, facecolor="none", edgecolor="#444444",
                                    linewidth=0.9))
-            ax.text(c + 0.5, r + 0.5, f"{100 * total / capacity:.0f}%", ha="center", va="center",
+            ax.text(c + 0.5, r + 0.5, f"{100 * total / capacity:.0f}{pct}", ha="center", va="center",
                     fontsize=fs, path_effects=stroke)
         ax.set_xlim(0, cols_shown)
         ax.set_ylim(rows_shown, 0)
@@ -303,12 +319,13 @@ def tile_map(tiles: dict[int, list[tuple[int, int]]], replicas: dict[int, int], 
         ax.tick_params(length=0, labelsize=7)
         for sp in ax.spines.values():
             sp.set_visible(False)
-        ax.set_xlabel("mesh column", fontsize=8)
+        ax.set_xlabel("mesh column" + (f" (columns 0-{cols_shown - 1} of {mesh_cols} shown)"
+                                       if cols_shown < mesh_cols else ""), fontsize=8)
         ax.set_ylabel("mesh row", fontsize=8)
         ax.xaxis.set_label_position("top")
         ax.xaxis.tick_top()
-        more = f", mesh rows 0-{rows_shown - 1} shown" if rows_shown * cols_shown < n_tiles else ""
-        fig.suptitle(f"Tile map: {len(used)} of {n_tiles} tiles used, {capacity} crossbars per tile{more}",
+        fig.suptitle(f"Tile map: {len(used)} of {n_tiles} tiles used ({capacity} crossbars each; "
+                     f"numbers: utilization{' %' if not pct else ''})",
                      fontsize=11, fontweight="bold", x=0.6 / WIDTH_IN, ha="left", y=1 - 0.06 / H, va="top")
         if legend:
             handles = [Patch(facecolor=colors[i], label=short(layer_ids[i], 22)) for i in range(len(layer_ids))]
@@ -328,16 +345,14 @@ def tile_bars(tiles: dict[int, list[tuple[int, int]]], capacity: int, layer_ids:
         fig = new_figure(3.0)
         ax = fig.add_subplot()
         x = np.arange(n)
-        bottom = np.zeros(n)
-        per_layer: dict[int, np.ndarray] = {}
+        xs, hs, bs, cs = [], [], [], []   # one segment per (tile, layer), drawn in one call
         for k, t in enumerate(used):
+            b = 0
             for li, cnt in tiles[t]:
-                per_layer.setdefault(li, np.zeros(n))[k] = cnt
-        for li in sorted(per_layer):
-            ax.bar(x, per_layer[li], bottom=bottom, width=0.85, color=colors[li], linewidth=0)
-            bottom += per_layer[li]
+                xs.append(k), hs.append(cnt), bs.append(b), cs.append(colors[li])
+                b += cnt
+        ax.bar(xs, hs, bottom=bs, width=0.85, color=cs, linewidth=0)
         ax.axhline(capacity, color=BAD_COLOR, linestyle="--", linewidth=1.1)
-        ax.text(max(n, 16) - 0.5, capacity, f"capacity {capacity}", ha="right", va="bottom", color=BAD_COLOR, fontsize=8)
         step = max(1, math.ceil(n / 40))
         ax.set_xticks(x[::step], [str(t) for t in used[::step]], rotation=90 if n > 20 else 0)
         ax.set_xlim(-0.6, max(n, 16) - 0.4)
@@ -345,7 +360,7 @@ def tile_bars(tiles: dict[int, list[tuple[int, int]]], capacity: int, layer_ids:
         ax.yaxis.grid(True)
         ax.set_xlabel("tile id (used tiles only)")
         ax.set_ylabel("crossbars on the tile")
-        ax.set_title("Crossbars per used tile, by layer")
+        ax.set_title(f"Crossbars per used tile, by layer (dashed: capacity {capacity})")
         fig.subplots_adjust(left=0.08, right=0.98, top=0.89, bottom=0.2 if n > 20 else 0.16)
         return fig_png(fig)
 
@@ -356,18 +371,21 @@ def adc_histogram(hist_by_layer: np.ndarray, bits: np.ndarray, available: int, l
     with style():
         fig = new_figure(3.6)
         ax = fig.add_subplot()
-        bottom = np.zeros(len(bits))
-        for i in range(hist_by_layer.shape[0]):
-            v = hist_by_layer[i]
-            if v.sum() == 0:
-                continue
-            ax.bar(bits, v, bottom=bottom, width=0.8, color=colors[i], edgecolor="white", linewidth=0.3,
-                   label=short(layer_ids[i], 24))
-            bottom += v
+        base = np.cumsum(hist_by_layer, axis=0) - hist_by_layer           # [L, B] bottom of each segment
+        li, bi = np.nonzero(hist_by_layer)                                 # one call for all segments
+        ax.bar(bits[bi], hist_by_layer[li, bi], bottom=base[li, bi], width=0.8, color=[colors[i] for i in li],
+               edgecolor="white", linewidth=0.3)
+        bottom = hist_by_layer.sum(axis=0).astype(float)
+        if hist_by_layer.shape[0] <= 16:
+            from matplotlib.patches import Patch
+
+            handles = [Patch(facecolor=colors[i], label=short(layer_ids[i], 24)) for i in range(hist_by_layer.shape[0])]
+        else:
+            handles = []
         over = bits > available
         if over.any():
-            ax.bar(bits[over], bottom[over], width=0.8, facecolor="none", edgecolor=BAD_COLOR, hatch="///",
-                   linewidth=1.2, label="needs more than the ADC has (clips)")
+            handles.append(ax.bar(bits[over], bottom[over], width=0.8, facecolor="none", edgecolor=BAD_COLOR,
+                                  hatch="///", linewidth=1.2, label="more than the ADC has (clips)"))
         for b, tot in zip(bits, bottom):
             if tot > 0:
                 ax.text(b, tot, f"{int(tot):,}", ha="center", va="bottom", fontsize=7)
@@ -384,8 +402,8 @@ def adc_histogram(hist_by_layer: np.ndarray, bits: np.ndarray, available: int, l
         ax.set_xlabel("ADC bits the column needs (largest possible column sum)")
         ax.set_ylabel("physical columns")
         ax.set_title(f"ADC resolution needed, all {int(hist_by_layer.sum()):,} used columns")
-        if hist_by_layer.shape[0] <= 16:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5)
+        if handles:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5)
         fig.subplots_adjust(left=0.08, right=0.8, top=0.9, bottom=0.14)
         return fig_png(fig)
 

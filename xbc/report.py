@@ -49,7 +49,7 @@ import numpy as np
 from . import plots
 from .errors import BundleError, OptionError
 
-DEFAULT_MAX_CROSSBARS = 24
+DEFAULT_MAX_CROSSBARS = 16
 SECTIONS = ("summary", "layers", "crossbars", "bits", "occupancy", "tiles", "adc", "sqnr", "details")
 
 
@@ -264,14 +264,14 @@ def load_sim(path: str | Path) -> dict[str, Any]:
 
 CSS = """
 body{font-family:"DejaVu Sans",Verdana,Arial,sans-serif;font-size:14px;color:#222;margin:0;background:#fafafa}
-main{max-width:1060px;margin:0 auto;padding:18px 24px 60px;background:#fff}
+main{max-width:1140px;margin:0 auto;padding:18px 24px 60px;background:#fff}
 h1{font-size:24px;margin:6px 0 2px}h2{font-size:19px;border-bottom:2px solid #e3e3e3;padding-bottom:4px;margin-top:34px}
 .sub{color:#666;margin:0 0 12px}
 .how{color:#555;font-size:13px;margin:4px 0 10px;max-width:980px}
 img{max-width:100%;height:auto;display:block}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
-td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td,th{padding:2px 10px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0 4px}
 .card{border:1px solid #e0e0e0;border-radius:6px;padding:8px 14px;min-width:150px;background:#fcfcfc}
 .card .v{font-size:22px;font-weight:bold}.card .k{color:#666;font-size:12px}
@@ -279,7 +279,7 @@ th{background:#f3f3f3}td.n,th.n{text-align:right;font-variant-numeric:tabular-nu
 .missing{border:2px dashed #d9a400;background:#fff8e1;border-radius:6px;padding:10px 14px;margin:8px 0;color:#5d4300}
 .missing b{color:#8a5a00}
 .sw{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-1px;margin-right:6px;border:1px solid #0002}
-.xbars{display:flex;flex-wrap:wrap;gap:14px}
+.xbars{display:flex;flex-wrap:wrap;gap:10px}
 .xbars figure{margin:0;border:1px solid #ddd;padding:4px;background:#fff}
 .xbars img{image-rendering:pixelated;outline:1px solid #888}
 .xbars figcaption{font-size:11px;color:#444;margin-top:3px;max-width:260px}
@@ -312,6 +312,10 @@ def _ratio(a: int | None, b: int | None) -> str:
     return "–" if not a or not b else f"{a / b:.2f}×"
 
 
+def _good(a: int | None, b: int | None) -> str:
+    return "" if not a or not b else ("good" if a > b else ("bad" if a < b else ""))
+
+
 def _card(k: str, v: str, cls: str = "") -> str:
     return f'<div class="card"><div class="v {cls}">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
 
@@ -336,8 +340,8 @@ def _section_summary(c: _Ctx, tot: dict[str, Any], adc: dict[str, Any] | None, t
     cards = [_card("physical crossbars", f"{phys:,}"),
              _card("dense (no sparsity)", _fmt(tot["dense"])),
              _card("ISAAC baseline", _fmt(tot["isaac"])),
-             _card("fewer than dense", _ratio(tot["dense"], phys), "good"),
-             _card("fewer than ISAAC", _ratio(tot["isaac"], phys), "good"),
+             _card("reduction vs dense (dense ÷ physical)", _ratio(tot["dense"], phys), _good(tot["dense"], phys)),
+             _card("reduction vs ISAAC (ISAAC ÷ physical)", _ratio(tot["isaac"], phys), _good(tot["isaac"], phys)),
              _card("tiles used", "–" if tiles is None else f"{len(tiles['tiles']):,} / {t.get('tiles', '?')}"),
              _card("ADC bits needed / target", f"{_fmt(need)} / {t['adc_bits']}",
                    "bad" if need is not None and need > int(t["adc_bits"]) else "")]
@@ -409,12 +413,14 @@ def _section_crossbars(c: _Ctx, steps: dict[str, list]) -> str:
     how = ('<p class="how">Bars per layer: <b>ISAAC</b> = the dense ISAAC-style baseline (16-bit offset weights, '
            '2-bit cells); <b>dense</b> = this target without sparsity passes; <b>sliced</b> = crossbars of the '
            'dense layout that still hold a non-zero cell after bit orchestration / reorder / pruning; '
-           '<b>physical</b> = crossbars in this bundle (after squeeze when the pipeline has it). '
-           'Shorter is better; the x axis turns logarithmic when the counts span more than 30×.</p>')
+           '<b>physical</b> = crossbars in this bundle (after squeeze when the pipeline has it; the black tick is '
+           'the packer\'s lower bound). Shorter is better; the x axis turns logarithmic when the counts span more '
+           'than 30×.</p>')
     if not c.ids:
         return head + _missing("crossbar layers", "The model has no crossbar layer") + "</section>"
+    squeezed = all(v is not None for v in steps["squeezed"])
     labels = {"isaac": "ISAAC baseline", "dense": "dense (no sparsity)", "sliced": "sliced (non-empty)",
-              "physical": "physical (in bundle)"}
+              "physical": "squeezed = physical (in bundle)" if squeezed else "physical (in bundle)"}
     have = [(k, labels[k], steps[k]) for k in ("isaac", "dense", "sliced", "physical")
             if any(v is not None for v in steps[k])]
     lacking = [labels[k] for k in ("isaac", "dense", "sliced") if all(v is None for v in steps[k])]
@@ -423,11 +429,16 @@ def _section_crossbars(c: _Ctx, steps: dict[str, list]) -> str:
     out = head + how
     if lacking:
         out += _missing("per-layer counts for " + ", ".join(lacking),
-                        "The bundle's stats.layers has no such counts (they come from the slice-bits pass's "
-                        "statistics); the chart shows the steps the bundle has")
+                        "The bundle's stats.layers has no such counts (they come from the slice-bits pass and "
+                        "xbc's compile summary); the chart shows the steps the bundle has")
     if partial:
         out += f'<p class="how">Some layers have no count for: {_e(", ".join(partial))} (bars left out).</p>'
-    png = plots.crossbar_steps(c.ids, c.colors, have)
+    mism = [i for i, (q, p) in enumerate(zip(steps["squeezed"], steps["physical"])) if q is not None and q != p]
+    if mism:
+        out += (f'<p class="how bad">stats says squeeze made a different count than the bundle holds for: '
+                f'{_e(", ".join(c.ids[i] for i in mism))} (a pass after squeeze changed the program).</p>')
+    bound = steps["lower_bound"] if any(v is not None for v in steps["lower_bound"]) else None
+    png = plots.crossbar_steps(c.ids, c.colors, have, bound=bound)
     return out + _img(png, "crossbars per layer and step") + "</section>"
 
 

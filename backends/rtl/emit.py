@@ -1,35 +1,39 @@
 """SystemVerilog from a mapping bundle: memory images, crossbar macro, datapaths, testbenches.
 
-What is generated (``emit_rtl``; ``xbc emit-rtl BUNDLE -o DIR``), all under ``DIR``:
+What is generated (``emit_rtl``; ``xbc emit-rtl BUNDLE -o DIR``; user guide: docs/rtl.md), all
+under ``DIR``:
 
 ``mem/<L>_x<NNN>.memh``
     the cells of physical crossbar ``NNN`` of layer ``L``, ``$readmemh`` format, **one line per
     physical row** (``Rx`` lines), each line ``Cx * cell_bits`` bits in hex with column ``j`` in
     bits ``[j*cell_bits +: cell_bits]`` (the rightmost hex digit holds column 0).
+``mem/<L>_splice.memh``
+    the splice table ROM, one word per used physical column (crossbar, column, group, output
+    column, shift, negative sign, packed from bit 0), each line commented.
 ``rtl/xbc_crossbar.sv``
     behavioral macro (parameters ROWS, COLS, CELL_BITS, DAC_BITS, ADC_BITS, ROWS_ACTIVE): column
     sums over the active row chunk of the DAC slice, saturating ADC ``min(sum, 2**ADC_BITS-1)``.
 ``rtl/xbc_layer_<L>.sv``
-    the layer datapath (synthesizable style): input shift registers fed LSB first in DAC slices,
-    row-chunk and slice counters, one instance of the macro per physical crossbar, the splice
-    table as a generated ROM (crossbar, column, group, output column, shift, sign), one
-    shift-and-add per clock into ``acc[g][c]``, initialised to ``-offset * sum_r xq[g][r]``.
-    Cycle-level schedule and arithmetic: :mod:`xbc.backends.rtl.golden`.
+    the layer datapath (synthesizable style): an input shift register read LSB first in DAC
+    slices, slice / row-chunk / ROM-entry counters, one macro instance per physical crossbar, one
+    shift-and-add per clock into ``acc[g][c]``, which starts at ``-offset * sum_r xq[g][r]``.
+    The arithmetic, literally: :mod:`xbc.backends.rtl.golden`.
 ``tb/tb_<L>.sv``, ``tb/<L>_x.memh``, ``tb/<L>_acc.memh``
     testbench, stimulus (xq vectors) and expected integer accumulators.
 ``files.f``, ``Makefile``, ``rtl_manifest.json``
     file list, ``make`` (runs every testbench in Icarus Verilog, non-zero exit on any mismatch),
     ``make lint`` (Verilator), and a machine-readable description of what was written.
 
-Stimulus: ``vectors`` xq vectors per layer, deterministic in ``seed`` and the layer id: the first
-drives every input at its maximum (the worst case for ADC saturation), the others are uniform
-random integers in ``[0, 2**input_bits)``, every fourth one with half of its inputs zeroed.
-Expected values: the simulator's bit-serial kernel (``xbc.backends.sim``) when it is available,
-always cross-checked against the numpy golden model of this package; a disagreement is an error.
+Stimulus (:func:`layer_vectors`): the all-maximum vector (worst case for ADC saturation), then
+real layer inputs recorded by a whole-model simulator run (``model``) or uniform random vectors
+(``random``). Expected values: the simulator's bit-serial kernel
+(:class:`xbc.backends.sim.engine.CrossbarKernel`), cross-checked with the golden model here and,
+for real inputs, with the whole-model run's accumulators; any disagreement is an error.
 
 Accumulator width ``ACC_W``: two bits more than the largest magnitude any partial sum can reach,
 ``offset * R * (2**input_bits-1) + sum_e 2**shift_e * sum_q min(chunk column max, ADC max) *
-sum_k 2**(k*dac_bits)``, so the two's complement accumulator never wraps.
+sum_k 2**(k*dac_bits)``, and at least ``adc_bits + 1``, so the two's complement accumulator
+never wraps.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ class LayerPlan:
     Q: int
     acc_w: int
     sh_w: int
-    entries: np.ndarray            # int64 [E, 6]: x, j, group, col, shift, sign
+    entries: np.ndarray            # int64 [E, 6]: x, j, group, col, shift, sign (used columns)
+    steps: np.ndarray              # int64 [T, 7]: chunk, then an entry, for chunks with used rows
     mem_files: list[str] = field(default_factory=list)
     rom_file: str = ""
 
@@ -135,8 +140,12 @@ class LayerPlan:
         return int(self.entries.shape[0])
 
     @property
+    def T(self) -> int:
+        return int(self.steps.shape[0])
+
+    @property
     def cycles(self) -> int:
-        return self.S * self.Q * max(1, self.E)
+        return self.S * max(1, self.T)
 
 
 def plan_layer(spec: LayerSpec, name: str) -> LayerPlan:
@@ -169,9 +178,14 @@ def plan_layer(spec: LayerSpec, name: str) -> LayerPlan:
         raise OptionError(f"layer {spec.id}: accumulators need {acc_w} bits, more than the {ACC_W_MAX} "
                           f"the RTL backend supports; emit fewer or smaller layers (--layers)")
     max_shift = int(p.col_shift[xs, js].max()) if len(entries) else 0
+    # schedule: per row chunk, the entries whose crossbar has a used row in that chunk (the other
+    # conversions read 0 and are skipped, as the simulator skips them)
+    used = np.pad(p.row_group >= 0, ((0, 0), (0, Q * ra - Rx))).reshape(X, Q, ra).any(axis=2)   # [X, Q]
+    steps = np.concatenate([np.concatenate([np.full((int(m.sum()), 1), q, np.int64), entries[m]], axis=1)
+                            for q in range(Q) for m in [used[entries[:, 0], q]]] or [np.zeros((0, 7), np.int64)])
     sh_w = max(1, (max_shift + S * spec.dac_bits).bit_length())
     return LayerPlan(layer_id=spec.id, name=name, spec=spec, X=X, Rx=Rx, Cx=Cx, S=S, ra=ra, Q=Q,
-                     acc_w=acc_w, sh_w=sh_w, entries=entries)
+                     acc_w=acc_w, sh_w=sh_w, entries=entries, steps=steps)
 
 
 # ----------------------------------------------------------------------------------------
@@ -384,24 +398,24 @@ def rom_image(plan: LayerPlan, widths: dict[str, int]) -> str:
     """The splice table as a ``$readmemh`` image: one word per entry, fields from bit 0: crossbar
     (XSEL_W), column (JSEL_W), group (GRP_W), output column (COL_W), shift (SH_W), negative (1);
     each line ends with a comment naming the entry, its crossbar and tile."""
-    xw, jw, gw, cw, sw = (widths[k] for k in ("XSEL_W", "JSEL_W", "GRP_W", "COL_W", "SH_W"))
-    rom_w = xw + jw + gw + cw + sw + 1
+    xw, jw, gw, cw, sw, qw = (widths[k] for k in ("XSEL_W", "JSEL_W", "GRP_W", "COL_W", "SH_W", "CHUNK_W"))
+    rom_w = xw + jw + gw + cw + sw + 1 + qw
     ndig = math.ceil(rom_w / 4)
     p = plan.spec.program
-    head = (f"// splice table of xbc layer {plan.layer_id}: {plan.E} entries of {rom_w} bits "
-            f"(crossbar:{xw} column:{jw} group:{gw} out_col:{cw} shift:{sw} neg:1, from bit 0)\n")
-    if plan.E == 0:   # no crossbar: one entry naming a crossbar that does not exist (adc = 0)
+    head = (f"// splice table of xbc layer {plan.layer_id}: {plan.T} steps of {rom_w} bits (crossbar:{xw} "
+            f"column:{jw} group:{gw} out_col:{cw} shift:{sw} neg:1 chunk:{qw}, from bit 0)\n")
+    if plan.T == 0:   # no crossbar: one step naming a crossbar that does not exist (adc = 0)
         return head + f"{plan.X:0{ndig}x}  // no crossbar in this layer\n"
-    x, j, g, c, sh, sg = (plan.entries[:, k] for k in range(6))
+    q, x, j, g, c, sh, sg = (plan.steps[:, k] for k in range(7))
     word = (x | j << xw | g << (xw + jw) | c << (xw + jw + gw) | sh << (xw + jw + gw + cw)
-            | (sg < 0).astype(np.int64) << (rom_w - 1))
+            | (sg < 0).astype(np.int64) << (xw + jw + gw + cw + sw) | q << (rom_w - qw))
     tile = p.tile[x] if p.tile is not None else np.full(len(x), -1)
     slot = p.slot[x] if p.slot is not None else np.full(len(x), -1)
-    lines = [f"{w:0{ndig}x}  // e={e}: crossbar {xx} (tile {t} slot {s_}) col {jj} -> acc[{gg}][{cc}] "
-             f"{'-' if sgn < 0 else '+'}= adc << {shh}"
-             for e, (w, xx, t, s_, jj, gg, cc, shh, sgn) in enumerate(zip(
-                 word.tolist(), x.tolist(), tile.tolist(), slot.tolist(), j.tolist(), g.tolist(), c.tolist(),
-                 sh.tolist(), sg.tolist()))]
+    lines = [f"{w:0{ndig}x}  // step {e}: chunk {qq}, crossbar {xx} (tile {t} slot {s_}) col {jj} -> "
+             f"acc[{gg}][{cc}] {'-' if sgn < 0 else '+'}= adc << {shh}"
+             for e, (w, qq, xx, t, s_, jj, gg, cc, shh, sgn) in enumerate(zip(
+                 word.tolist(), q.tolist(), x.tolist(), tile.tolist(), slot.tolist(), j.tolist(), g.tolist(),
+                 c.tolist(), sh.tolist(), sg.tolist()))]
     return head + "\n".join(lines) + "\n"
 
 
@@ -412,8 +426,8 @@ def _colmux(plan: LayerPlan, xw: int) -> str:
 
 def layer_widths(plan: LayerPlan) -> dict[str, int]:
     G, C = plan.spec.groups, plan.spec.cols
-    return dict(SLICE_W=_bits(plan.S), CHUNK_W=_bits(plan.Q), ENT_W=_bits(max(1, plan.E)), SH_W=plan.sh_w,
-                XSEL_W=_bits(plan.X + (plan.E == 0)), JSEL_W=_bits(plan.Cx), GRP_W=_bits(G), COL_W=_bits(C),
+    return dict(SLICE_W=_bits(plan.S), CHUNK_W=_bits(plan.Q), ENT_W=_bits(max(1, plan.T)), SH_W=plan.sh_w,
+                XSEL_W=_bits(plan.X + (plan.T == 0)), JSEL_W=_bits(plan.Cx), GRP_W=_bits(G), COL_W=_bits(C),
                 DST_W=_bits(G * C))
 
 
@@ -450,10 +464,11 @@ def render_layer(plan: LayerPlan, source: str) -> str:
                 DAC_BITS=spec.dac_bits, S=plan.S, RA=plan.ra, Q=plan.Q, ADC_BITS=spec.adc_bits,
                 ADC_MAX=(1 << spec.adc_bits) - 1, OFFSET=off, E=plan.E, CYCLES=plan.cycles,
                 XBAR_LIST=_xbar_list(plan), XIN_MSB=G * R * spec.input_bits - 1, ACC_MSB=G * C * plan.acc_w - 1,
-                ACC_W=plan.acc_w, OFFSET_DECL=off_decl, XBARS=_xbars(plan), ROM_FILE=plan.rom_file, E_ROM=max(1, plan.E),
-                ROM_W=sum(widths[k] for k in ('XSEL_W', 'JSEL_W', 'GRP_W', 'COL_W', 'SH_W')) + 1,
-                COLMUX=_colmux(plan, widths["XSEL_W"]), E_LAST=max(0, plan.E - 1),
-                Q_LAST=plan.Q - 1, S_LAST=plan.S - 1)
+                ACC_W=plan.acc_w, OFFSET_DECL=off_decl, XBARS=_xbars(plan), ROM_FILE=plan.rom_file, T=plan.T,
+                T_ROM=max(1, plan.T), ROM_W=sum(widths[k] for k in ('XSEL_W', 'JSEL_W', 'GRP_W', 'COL_W', 'SH_W',
+                                                                     'CHUNK_W')) + 1,
+                COLMUX=_colmux(plan, widths["XSEL_W"]), T_LAST=max(0, plan.T - 1),
+                S_LAST=plan.S - 1)
     return _fill(_template("layer.sv.tmpl"), vals)
 
 
@@ -584,6 +599,7 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
                 "input_bits": spec.input_bits, "dac_bits": spec.dac_bits, "adc_bits": spec.adc_bits,
                 "cell_bits": spec.cell_bits, "rows_active": plan.ra, "offset": int(p.offset),
                 "acc_width": plan.acc_w, "vectors": int(xq.shape[0]), "splice_entries": plan.E,
+                "schedule_steps": plan.T,
                 "cycles_per_vector": plan.cycles, "crossbar_rows": plan.Rx, "crossbar_cols": plan.Cx,
                 "crossbars": [{"index": x, "memory": plan.mem_files[x],
                                "tile": int(p.tile[x]) if p.tile is not None else None,

@@ -113,6 +113,17 @@ def build_feeds(model, input_npy, inputs_npz, images, n_random, seed) -> list[di
     return rng_feeds
 
 
+def _finite(v):
+    """JSON-safe: non-finite floats (an exact layer has SQNR +inf) become "inf" / "-inf" / "nan"."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
 def _table(hdr, rows) -> list[str]:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(hdr)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
@@ -188,7 +199,7 @@ def simulate_cmd(bundle, input_npy, inputs_npz, images, n_random, seed, compare,
                          "columns_may_clip": s.columns_may_clip} for s in res.layers.values()]}
         if cmp is not None:
             d["compare"] = cmp.to_dict()
-        click.echo(json.dumps(d, indent=2, sort_keys=True, default=lambda v: None if v != v else v))
+        click.echo(json.dumps(_finite(d), indent=2, sort_keys=True))
         return
     n = len(feeds)
     may = sum(k.info.columns_may_clip for k in sim.kernels.values())

@@ -75,9 +75,15 @@ class SimError(XbcError):
 # ----------------------------------------------------------------------------------------
 
 def quantize_input(x: np.ndarray, x_scale: float, zero_point: int, bits: int) -> np.ndarray:
-    """:func:`xbc.qmath.quantize_input` (float64 division, round half to even, clip) with the
-    codes held in float32 (exact for ``bits <= 16``), so that they feed BLAS directly."""
-    return qmath.quantize_input(x, x_scale, zero_point, bits, dtype=np.float32)
+    """:func:`xbc.qmath.quantize_input` — ``clip(rint(float64(x) / x_scale) + zero_point, 0,
+    2**bits - 1)`` — computed in place on one float64 buffer, the codes returned in float32
+    (exact for ``bits <= 16``) so that they feed BLAS directly."""
+    q = np.array(x, dtype=np.float64)
+    q /= float(x_scale)
+    np.rint(q, out=q)
+    q += int(zero_point)
+    np.clip(q, 0, qmath.input_levels(bits), out=q)
+    return q.astype(np.float32)
 
 
 def _s(v) -> str:
@@ -265,6 +271,7 @@ class CrossbarKernel:
         self.colsum = wm.sum(axis=1).reshape(-1).astype(np.float64)   # [Cout]
         self.out_scale = float(sp.x_scale) * np.asarray(sp.w_scale, np.float64).reshape(-1)
         self.bias = None if sp.bias is None else np.asarray(sp.bias, np.float64).reshape(-1)
+        self.out_shift = (0.0 if self.bias is None else self.bias) - float(sp.x_zero_point) * self.colsum * self.out_scale
         self.offset = int(p.offset)
 
         # --- crossbars in chunks of rows_active physical rows --------------------------
@@ -300,15 +307,19 @@ class CrossbarKernel:
         ridx = np.where(used_row, ri, 0)
         self.gidx, self.ridx, self.used_row, self.used_col = gidx, ridx, used_row, used_col
         self.cells = cells
-        # flagged chunks (may clip): gather indices, bound weights, cells
+        # flagged chunks (may clip): gather indices and bound weights; their cells are gathered
+        # block by block at run time (no float copy of the cells is kept)
         if len(fx):
             rows = fk[:, None] * ra + np.arange(ra)[None, :]                 # [F, ra]
-            cf = cells[fx[:, None], rows]                                    # [F, ra, Cx]
+            self.f_x, self.f_rows = fx, rows
             self.f_g = gidx[fx[:, None], rows]
             self.f_r = ridx[fx[:, None], rows]
             self.f_used = used_row[fx[:, None], rows]
-            self.f_rowmax = np.where(may[fx, fk][:, None, :], cf, 0).max(-1).astype(np.float32)  # [F, ra]
-            self.f_cellsT = np.ascontiguousarray(cf.transpose(0, 2, 1)).astype(np.float32)     # [F, Cx, ra]
+            self.f_rowmax = np.zeros((len(fx), ra), np.float32)
+            step = max(1, _BLOCK // max(1, ra * Cx))
+            for a in range(0, len(fx), step):
+                cf = cells[fx[a:a + step, None], rows[a:a + step]]           # [f, ra, Cx]
+                self.f_rowmax[a:a + step] = np.where(may[fx[a:a + step], fk[a:a + step]][:, None, :], cf, 0).max(-1)
             self.f_tgt = tgt[fx]
             self.f_wsp = wsp[fx]
             self.f_colmask = used_col[fx]
@@ -367,11 +378,10 @@ class CrossbarKernel:
             clipped = 0
             if self.mode != "ideal" and self.F:
                 acc, clipped = self._correct(patches, acc)
-        acc = np.asarray(acc, dtype=np.float64) if acc.dtype != np.float64 else acc
-        y = (acc - float(sp.x_zero_point) * self.colsum) * self.out_scale
-        if self.bias is not None:
-            y += self.bias
-        run = LayerRun(y=finish(y).astype(out_dtype, copy=False), conversions=self.conv_per_vector * P,
+        # y = x_scale * w_scale * (acc - zp * colsum) + bias, as acc * s + (bias - zp * colsum * s)
+        y = np.multiply(acc, self.out_scale, dtype=np.float64)
+        y += self.out_shift
+        run = LayerRun(y=np.ascontiguousarray(finish(y), dtype=out_dtype), conversions=self.conv_per_vector * P,
                        clipped=int(clipped))
         if record:
             run.acc = finish(np.rint(acc).astype(np.int64))
@@ -404,13 +414,13 @@ class CrossbarKernel:
         corr = np.zeros(P * GC, np.float64)
         clipped = 0
         F, ra, Cx = self.F, self.ra, self.Cx
-        fb = max(1, _BLOCK // max(1, ra * P))
+        fb = max(1, _BLOCK // max(1, ra * max(P, Cx)))
         for f0 in range(0, F, fb):
             f1 = min(F, f0 + fb)
             xin = patches[self.f_g[f0:f1], :, self.f_r[f0:f1]]           # [f, ra, P]
             xin = np.where(self.f_used[f0:f1, :, None], xin, 0).astype(np.int32)
             rowmax = self.f_rowmax[f0:f1, None, :]                       # [f, 1, ra]
-            cT = self.f_cellsT[f0:f1]
+            cT = self.cells[self.f_x[f0:f1, None], self.f_rows[f0:f1]].transpose(0, 2, 1).astype(np.float32)
             for d in range(self.n_d):
                 sl = ((xin >> (d * self.dac)) & self.dmax).astype(np.float32)
                 bound = np.matmul(rowmax, sl)[:, 0, :]                   # [f, P]

@@ -205,6 +205,15 @@ class Simulator:
             self.free_after.insert(0, [x for x in here if x not in seen_reads])
             seen_reads.update(here)
 
+    def set_mode(self, mode: str, exhaustive: bool = False) -> None:
+        """Switch every layer to another mode without rebuilding the kernels."""
+        if mode not in MODES:
+            raise SimError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode = mode
+        for k in self.kernels.values():
+            k.mode = mode
+            k.exhaustive = exhaustive
+
     # ---- segments ---------------------------------------------------------------------
     def _session(self, seg: _Segment, env: dict[str, np.ndarray]):
         key = tuple((env[n].dtype.str, env[n].shape) for n in seg.inputs)
