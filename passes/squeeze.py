@@ -80,7 +80,7 @@ def support_keys(packed: np.ndarray, count: np.ndarray, rows: int) -> np.ndarray
     head[:, :k] = packed[:, :k]
     pattern = head.view(">u8")[:, 0].astype(np.uint64) >> np.uint64(13)
     key = ((rows - count.astype(np.int64)).astype(np.uint64) << np.uint64(51)) | pattern
-    return np.argsort(key)  # deterministic for a given input (ties: same size and pattern)
+    return np.argsort(key, kind="stable")  # ties keep column order: the same on every platform
 
 
 class _Seg:

@@ -40,15 +40,15 @@ module xbc_crossbar #(
             for (int i = 0; i < ROWS; i++) plane[k][i] = cells[i][k];
     end
 
-    // input bit planes (in_bits[d*ROWS + i] = bit d of row i's DAC slice), gated by the chunk
+    // input bit planes (in_bits[d*ROWS + i] = bit d of row i's DAC slice) and the word lines on
     logic [DAC_BITS*ROWS-1:0] in_bits;
     logic [ROWS-1:0]          row_on;
     for (genvar i = 0; i < ROWS; i++) begin : g_row
-        assign row_on[i] = (i / ROWS_ACTIVE) == int'(chunk);
         for (genvar d = 0; d < DAC_BITS; d++) begin : g_dac
-            assign in_bits[d*ROWS + i] = row_in[i*DAC_BITS + d] & row_on[i];
+            assign in_bits[d*ROWS + i] = row_in[i*DAC_BITS + d];
         end
     end
+    assign row_on = ROWS'({ROWS_ACTIVE{1'b1}}) << (int'(chunk) * ROWS_ACTIVE);
 
     // Icarus Verilog 11 notes: always @* rather than always_comb (an always_comb re-triggers on
     // the variables it writes and never settles), and $countones only of a plain variable (it
@@ -61,7 +61,7 @@ module xbc_crossbar #(
             sum = 0;
             for (int b = 0; b < CELL_BITS; b++) begin
                 for (int d = 0; d < DAC_BITS; d++) begin
-                    hit = plane[j*CELL_BITS + b] & in_bits[d*ROWS +: ROWS];
+                    hit = plane[j*CELL_BITS + b] & in_bits[d*ROWS +: ROWS] & row_on;
                     cnt = $countones(hit);
                     sum = sum + (cnt << (b + d));
                 end
