@@ -181,27 +181,29 @@ def test_sim_panel(page, sim_json):
     assert f"{100 * d['compare']['top1_agreement']:.1f}%" in s
 
 
-def test_sim_plain_format_and_without_sim(work, tmp_path):
+def test_sim_plain_format(work, tmp_path):
     b = read_bundle(work / "bundle")
     ids = list(b.layers)
-    plain = {"layers": {ids[0]: {"sqnr_db": 41.25}, ids[-1]: {"sqnr_db": float("inf")}},
+    plain = {"layers": {ids[0]: {"sqnr_db": 41.25}, ids[-1]: {"sqnr_db": float("inf")},
+                        "L999_other": {"sqnr_db": 3.0}},
              "output": {"sqnr_db": 30.5, "top1": 0.75}}
     p = tmp_path / "plain.json"
     p.write_text(json.dumps(plain))
-    s = _section(report.build_report(b, sim=p), "sqnr")
-    assert "41.25" in s and "30.5 dB" in s and "75.0%" in s and "<img" in s
     sim = report.load_sim(p)
     assert sim["layers"][ids[-1]]["sqnr_db"] == float("inf") and sim["layers"][ids[0]]["cosine"] is None
-    # results for a layer the bundle does not have are named
-    p.write_text(json.dumps({"layers": {"L999_other": {"sqnr_db": 3.0}}}))
+    assert sim["output"] == {"sqnr_db": 30.5, "cosine": None, "top1": 0.75}
     s = _section(report.build_report(b, sim=p), "sqnr")
-    assert "L999_other" in s and "no per-layer SQNR" in s
-    # no --sim: a labelled panel telling how to get one
-    s = _section(report.build_report(b), "sqnr")
-    assert "No simulation result given" in s and "--compare --json" in s and "<img" not in s
+    assert "41.25" in s and "30.5 dB" in s and "75.0%" in s and "<img" in s
+    assert "L999_other" in s and "does not have" in s    # a layer the bundle lacks is named
+    # the simulator's JSON without --compare: clipping per layer, no SQNR
+    nocmp = {"conversions": 10, "layers": [{"layer": ids[0], "clipped_fraction": 0.25}], "samples": 1}
+    p.write_text(json.dumps(nocmp))
+    sim = report.load_sim(p)
+    assert sim["layers"] == {ids[0]: {"sqnr_db": None, "cosine": None, "clipped_fraction": 0.25}}
+    assert sim["format"] == "xbc simulate --json" and sim["output"] == {}
 
 
-def test_missing_fields_are_labelled(work):
+def test_missing_fields_are_labelled(work, tmp_path):
     text = report.build_report(work / "bare")
     for sid in report.SECTIONS:
         assert f'<section id="{sid}">' in text
@@ -209,27 +211,34 @@ def test_missing_fields_are_labelled(work):
     assert "Not in this bundle:</b> ADC bits per column" in _section(text, "adc")
     assert "<img" not in _section(text, "tiles") and "<img" not in _section(text, "adc")
     assert "<img" in _section(text, "occupancy") and "<img" in _section(text, "bits")
-    # stats without per-layer step counts (e.g. a bundle from another writer)
+    s = _section(text, "sqnr")   # no --sim: a labelled panel telling how to get one
+    assert "No simulation result given" in s and "--compare --json" in s and "<img" not in s
+    # stats without per-layer step counts (e.g. a bundle from another writer), and a simulation
+    # result without per-layer SQNR
     b = read_bundle(work / "bundle")
     b.mapping["stats"] = {}
-    text = report.build_report(b)
+    p = tmp_path / "nocmp.json"
+    p.write_text(json.dumps({"conversions": 10, "layers": [{"layer": list(b.layers)[0], "clipped_fraction": 0.0}]}))
+    text = report.build_report(b, sim=p)
     assert "Not in this bundle:</b> the dense crossbar count" in text
     assert "Not in this bundle:</b> per-layer counts for ISAAC baseline, dense (no sparsity), sliced" in text
     assert "<img" in _section(text, "crossbars")  # the physical counts are always there
+    s = _section(text, "sqnr")
+    assert "no per-layer SQNR" in s and "<img" not in s
 
 
-def test_layer_option_and_max_crossbars(work):
+def test_layer_option_and_max_crossbars(page, work):
     b = read_bundle(work / "bundle")
-    lid = list(b.layers)[-1]
-    s = _section(report.build_report(b, layer=lid), "occupancy")
-    assert f"<b>{lid}</b>" in s and s.count("<img") == min(b.layers[lid].program.n_crossbars, 16)
+    ids = list(b.layers)
+    n = {i: b.layers[i].program.n_crossbars for i in ids}
     # default layer: the one with the most crossbars (first in graph order on a tie)
-    most = max(b.layers, key=lambda i: (b.layers[i].program.n_crossbars, -list(b.layers).index(i)))
-    X = b.layers[most].program.n_crossbars
-    assert X >= 2
-    s = _section(report.build_report(b, max_crossbars=1), "occupancy")
-    assert f"<b>{most}</b>" in s and s.count("<img") == 1
-    assert f"{X - 1:,} more crossbars not shown" in s
+    most = max(ids, key=lambda i: (n[i], -ids.index(i)))
+    s = _section(page.read_text(encoding="utf-8"), "occupancy")
+    assert f"<b>{most}</b>" in s and s.count("<img") == min(n[most], report.DEFAULT_MAX_CROSSBARS)
+    lid = next(i for i in ids if i != most and n[i] >= 2)
+    s = _section(report.build_report(b, layer=lid, max_crossbars=1), "occupancy")
+    assert f"<b>{lid}</b>" in s and s.count("<img") == 1
+    assert f"{n[lid] - 1:,} more crossbars not shown" in s
 
 
 # ----------------------------------------------------------------------------------------

@@ -230,8 +230,11 @@ def bits_heatmap(layer_ids: list[str], colors: list[str], col_labels: list[str],
     ``sign_split``: column index where the negative columns start (a separator line)."""
     n, k = density.shape
     with style():
-        fig = new_figure(_rows_height(n, 0.26, 1.6), max(6.0, min(WIDTH_IN, 3.2 + 0.5 * k)))
-        ax = fig.add_subplot()
+        W, H = max(6.0, min(WIDTH_IN, 3.2 + 0.5 * k)), _rows_height(n, 0.26, 1.6)
+        fig = new_figure(H, W)
+        left, right, top, bottom = 2.0, 1.2, 0.45, 0.6     # inches: names | cells | colorbar and its label
+        ax = fig.add_axes((left / W, bottom / H, (W - left - right) / W, (H - top - bottom) / H))
+        cax = fig.add_axes((1 - (right - 0.2) / W, bottom / H, 0.15 / W, (H - top - bottom) / H))
         vmax = max(float(np.nanmax(density)) if density.size else 0.0, 1e-3)
         im = ax.imshow(density, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
         if n <= 60 and k <= 24:
@@ -246,15 +249,14 @@ def bits_heatmap(layer_ids: list[str], colors: list[str], col_labels: list[str],
         ax.axhline(n - 1.5, color="white", linewidth=2.5)
         if sign_split is not None and 0 < sign_split < k:
             ax.axvline(sign_split - 0.5, color="white", linewidth=2.5)
-        ax.set_xlabel("bit plane (+: positive-digit columns, −: negative-digit columns; MSB left)")
+        ax.set_xlabel("bit plane (+: positive-digit columns, −: negative-digit columns; MSB left)"
+                      if sign_split is not None else "bit plane (MSB left)")
         ax.set_title("Non-zero cells per bit plane (% of the layer's weights)")
         for s in ax.spines.values():
             s.set_visible(False)
-        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        cb = fig.colorbar(im, cax=cax)
         cb.set_label("non-zero cells / weights")
         cb.ax.yaxis.set_major_formatter(_pct_formatter())
-        fig.subplots_adjust(left=0.25 if fig.get_figwidth() < 8 else 0.2, right=0.95,
-                            top=1 - 0.45 / fig.get_figheight(), bottom=0.6 / fig.get_figheight())
         return fig_png(fig)
 
 
@@ -341,8 +343,9 @@ def tile_bars(tiles: dict[int, list[tuple[int, int]]], capacity: int, layer_ids:
     """Crossbars on each used tile, stacked by layer, against the tile's capacity."""
     used = sorted(tiles)
     n = len(used)
+    slots = max(n, 6)
     with style():
-        fig = new_figure(3.0)
+        fig = new_figure(3.0, max(6.5, min(WIDTH_IN, 2.0 + 0.3 * slots)))
         ax = fig.add_subplot()
         x = np.arange(n)
         xs, hs, bs, cs = [], [], [], []   # one segment per (tile, layer), drawn in one call
@@ -355,13 +358,13 @@ def tile_bars(tiles: dict[int, list[tuple[int, int]]], capacity: int, layer_ids:
         ax.axhline(capacity, color=BAD_COLOR, linestyle="--", linewidth=1.1)
         step = max(1, math.ceil(n / 40))
         ax.set_xticks(x[::step], [str(t) for t in used[::step]], rotation=90 if n > 20 else 0)
-        ax.set_xlim(-0.6, max(n, 16) - 0.4)
+        ax.set_xlim(-0.6, slots - 0.4)
         ax.set_ylim(0, capacity * 1.12)
         ax.yaxis.grid(True)
         ax.set_xlabel("tile id (used tiles only)")
         ax.set_ylabel("crossbars on the tile")
         ax.set_title(f"Crossbars per used tile, by layer (dashed: capacity {capacity})")
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.89, bottom=0.2 if n > 20 else 0.16)
+        fig.subplots_adjust(left=0.8 / fig.get_figwidth(), right=0.98, top=0.89, bottom=0.2 if n > 20 else 0.16)
         return fig_png(fig)
 
 
@@ -435,6 +438,8 @@ def adc_per_layer(layer_ids: list[str], colors: list[str], max_bits: list[int | 
 
 def sqnr_bars(layer_ids: list[str], colors: list[str], sqnr: list[float | None], output_sqnr: float | None) -> bytes:
     """Per-layer SQNR (dB) of the simulated crossbar output against the float model."""
+    from matplotlib import patheffects
+
     n = len(layer_ids)
     with style():
         fig = new_figure(_rows_height(n, 0.22, 1.2, lo=2.0))
@@ -442,14 +447,14 @@ def sqnr_bars(layer_ids: list[str], colors: list[str], sqnr: list[float | None],
         v = np.array([np.nan if s is None else s for s in sqnr], float)
         finite = v[np.isfinite(v)]
         cap = (finite.max() if finite.size else 60.0) + 10.0
-        y = np.arange(n)
         for i in range(n):
             if np.isnan(v[i]):
                 ax.text(0.5, i, " no data", va="center", fontsize=7, color="#777777")
                 continue
             val = cap if np.isinf(v[i]) and v[i] > 0 else v[i]
             ax.barh(i, val, height=0.7, color=colors[i])
-            ax.text(max(val, 0), i, " ∞ (exact)" if np.isinf(v[i]) else f" {v[i]:.1f}", va="center", fontsize=7)
+            ax.text(max(val, 0), i, " ∞ (exact)" if np.isinf(v[i]) else f" {v[i]:.1f}", va="center", fontsize=7,
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")], zorder=5)
         if output_sqnr is not None and np.isfinite(output_sqnr):
             ax.axvline(output_sqnr, color="#333333", linestyle=":", linewidth=1.2,
                        label=f"model output: {output_sqnr:.1f} dB")
@@ -461,7 +466,6 @@ def sqnr_bars(layer_ids: list[str], colors: list[str], sqnr: list[float | None],
         ax.set_xlabel("SQNR of the layer's simulated output vs the float model (dB, higher is better)")
         ax.set_title("Per-layer fidelity (simulation)")
         fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.4 / fig.get_figheight(), bottom=0.5 / fig.get_figheight())
-        del y
         return fig_png(fig)
 
 

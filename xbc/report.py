@@ -7,7 +7,9 @@ resources) has these sections, each an ``<section id=...>``:
                 reduction ratios, tiles used, ADC bits (target vs needed), placement status.
 ``layers``      one row per crossbar layer with its color (the same in every figure).
 ``crossbars``   per layer, crossbars after each step: ISAAC baseline, dense (no sparsity), sliced
-                (dense layout, crossbars with a non-zero cell), physical (in the bundle).
+                (dense layout, crossbars with a non-zero cell), physical (in the bundle, = squeezed
+                when squeeze ran), with squeeze's lower bound as a tick. Physical counts come from
+                the bundle's layers, the others from ``stats`` (:mod:`xbc.summary`).
 ``bits``        per layer and bit plane (``plane = shift // cell_bits``) and sign, the fraction
                 of non-zero cells: ``density[l, p, s] = #{cells != 0 in columns of plane p, sign s}
                 / (G * R * C)``; each weight has at most one digit per plane and sign, so this is
@@ -452,6 +454,9 @@ def _section_bits(c: _Ctx, dens: dict[str, Any]) -> str:
            "layer's weights whose digit in that plane (and sign column) is non-zero: dark columns are planes "
            'that hold almost nothing and that squeeze can remove; <b>all layers</b> pools every layer by '
            'weights. The sum over a row times the weights equals the layer\'s programmed cells.</p>')
+    if int(c.mapping["target"].get("weight_bits", 0)) and c.mapping["target"].get("weight_encoding") == "offset":
+        how += ('<p class="how">Offset encoding: cells store <i>w</i> + 2<sup>weight_bits−1</sup>, so the top '
+                'plane is non-zero for every non-negative weight; the periphery subtracts the offset.</p>')
     cols, labels = plane_labels(dens["n_planes"], dens["signs"])
     counts, possible = dens["counts"], dens["possible"]
     mat = np.array([[counts[i, p, 0 if s > 0 else 1] / max(1, possible[i]) for p, s in cols]

@@ -9,8 +9,10 @@ Crossbar counts per layer (absent when the pass that makes them did not run):
   ``crossbars_dense``; computed from the target when slice-bits did not run);
 * ``sliced``: crossbars of slice-bits' dense layout holding at least one non-zero cell;
 * ``squeezed`` and ``lower_bound``: after squeeze, with the packer's bound;
-* ``physical``: crossbars of the layer's current program (what place, the bundle and the
-  simulator use). Without squeeze this is the dense layout, all-zero crossbars included.
+* ``physical``: crossbars of the layer's current program with at least one programmed cell
+  (DESIGN.md's definition); ``allocated``: all crossbars of the program (what place, the bundle
+  and the simulator use). They differ only without squeeze, where the dense layout may hold
+  all-zero crossbars.
 
 Reductions are ``dense / physical`` and ``isaac / physical``. Everything is plain JSON
 (numpy values converted, dict keys strings) and deterministic: wall-clock entries (keys such as
@@ -76,7 +78,9 @@ def _layer_summary(node, target) -> dict[str, Any]:
         if key in st:
             d[name] = int(st[key])
     if L.program is not None:
-        d["physical"] = L.program.n_crossbars
+        X = L.program.n_crossbars
+        d["physical"] = int(np.count_nonzero(L.program.cells.reshape(X, -1).any(axis=1))) if X else 0
+        d["allocated"] = X
     if "adc_bits_hist" in st:
         d["adc_bits_max"] = int(st.get("adc_bits_max", 0))
         d["adc_hist"] = {str(k): int(v) for k, v in sorted(st["adc_bits_hist"].items())}
@@ -101,7 +105,7 @@ def summarize(result) -> dict[str, Any]:
         return int(sum(vals)) if vals and len(vals) == len(layers) else None
 
     xb: dict[str, Any] = {"dense": total("dense") or 0, "isaac": total("isaac") or 0}
-    for key in ("physical", "sliced", "squeezed", "lower_bound"):
+    for key in ("physical", "allocated", "sliced", "squeezed", "lower_bound"):
         v = total(key)
         if v is not None:
             xb[key] = v

@@ -42,9 +42,10 @@ def emit_rtl_cmd(bundle, output, layers, vectors, seed, stimulus, run, lint):
 
     res = emit_rtl(bundle, output, layers=_parse_layers(layers), vectors=vectors, seed=seed, stimulus=stimulus,
                    run=run, lint=lint)
-    click.echo(f"{'layer':<28} {'module':<34} {'xbars':>5} {'entries':>7} {'acc bits':>8} {'cycles/vector':>13}")
+    click.echo(f"{'layer':<28} {'module':<34} {'xbars':>5} {'columns':>7} {'steps':>6} {'acc bits':>8} "
+               f"{'cycles/vector':>13}")
     for p in res.plans:
-        click.echo(f"{p.layer_id:<28} {p.module:<34} {p.X:>5} {p.E:>7} {p.acc_w:>8} {p.cycles:>13}")
+        click.echo(f"{p.layer_id:<28} {p.module:<34} {p.X:>5} {p.E:>7} {p.T:>6} {p.acc_w:>8} {p.cycles:>13}")
     click.echo(f"RTL for {len(res.plans)} layer(s) written to {res.out_dir} "
                f"(expected values from {res.manifest['layers'][0]['expected_from']})")
     if lint:

@@ -8,15 +8,16 @@ under ``DIR``:
     physical row** (``Rx`` lines), each line ``Cx * cell_bits`` bits in hex with column ``j`` in
     bits ``[j*cell_bits +: cell_bits]`` (the rightmost hex digit holds column 0).
 ``mem/<L>_splice.memh``
-    the splice table ROM, one word per used physical column (crossbar, column, group, output
-    column, shift, negative sign, packed from bit 0), each line commented.
+    the schedule ROM: one word per step = (row chunk, used physical column) for every chunk in
+    which the column's crossbar has a used row (crossbar, column, group, output column, shift,
+    negative sign, chunk, packed from bit 0), each line commented.
 ``rtl/xbc_crossbar.sv``
     behavioral macro (parameters ROWS, COLS, CELL_BITS, DAC_BITS, ADC_BITS, ROWS_ACTIVE): column
     sums over the active row chunk of the DAC slice, saturating ADC ``min(sum, 2**ADC_BITS-1)``.
 ``rtl/xbc_layer_<L>.sv``
     the layer datapath (synthesizable style): an input shift register read LSB first in DAC
-    slices, slice / row-chunk / ROM-entry counters, one macro instance per physical crossbar, one
-    shift-and-add per clock into ``acc[g][c]``, which starts at ``-offset * sum_r xq[g][r]``.
+    slices, slice and step counters, one macro instance per physical crossbar, one shift-and-add
+    per clock into ``acc[g][c]``, which starts at ``-offset * sum_r xq[g][r]``.
     The arithmetic, literally: :mod:`xbc.backends.rtl.golden`.
 ``tb/tb_<L>.sv``, ``tb/<L>_x.memh``, ``tb/<L>_acc.memh``
     testbench, stimulus (xq vectors) and expected integer accumulators.
@@ -533,8 +534,8 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
     ``{layer id: xq [n, G, R]}``. Expected values always come from the simulator's bit-serial
     kernel, cross-checked with :mod:`.golden`. With ``run`` the testbenches are run (``make``) and
     their outputs compared with the expected values again in Python; with ``lint`` Verilator lints
-    every datapath. The directory is written to a temporary sibling and renamed into place, so a
-    failure never leaves a half-written tree.
+    every datapath. Everything is generated in a temporary sibling directory first and then moved
+    into place, so a failure while generating never leaves a half-written tree.
     """
     if vectors < 1:
         raise OptionError(f"--vectors {vectors}: need at least 1 input vector per layer")
@@ -616,9 +617,14 @@ def emit_rtl(source, out_dir: str | os.PathLike, *, layers: list[str] | None = N
                     "memory_image_format": "one line per physical row; column j in bits [j*cell_bits +: cell_bits]",
                     "layers": manifest_layers}
         (tmp / "rtl_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        if out_dir.exists():   # an earlier emit-rtl output: replace its contents, keep the directory
+            for child in out_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            for child in tmp.iterdir():
+                child.rename(out_dir / child.name)
+            tmp.rmdir()
+        else:
+            tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -652,7 +658,11 @@ def run_rtl(out_dir: str | os.PathLike, target: str | None = None, timeout: floa
     :class:`RTLMismatch` on a non-zero exit."""
     require_tools("iverilog", "vvp", "make")
     cmd = ["make", "--no-print-directory", "-C", str(out_dir)] + ([target] if target else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RTLToolError(f"the RTL simulation in {out_dir} did not finish within {timeout:.0f} s; emit fewer "
+                           f"--vectors or --layers, or run 'make' there yourself") from None
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         fails = [ln for ln in log.splitlines() if "XBC FAIL" in ln or "XBC MISMATCH" in ln or "error" in ln.lower()]
@@ -664,8 +674,12 @@ def run_rtl(out_dir: str | os.PathLike, target: str | None = None, timeout: floa
 def lint_rtl(out_dir: str | os.PathLike, timeout: float = 600.0) -> str:
     """``make lint`` (Verilator ``--lint-only -Wall``); raises :class:`RTLLintError` on any warning."""
     require_tools("verilator", "make")
-    proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir), "lint"], capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir), "lint"], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RTLToolError(f"verilator lint in {out_dir} did not finish within {timeout:.0f} s; "
+                           f"run 'make lint' there yourself") from None
     log = proc.stdout + proc.stderr
     if proc.returncode != 0 or "%Warning" in log or "%Error" in log:
         msgs = [ln for ln in log.splitlines() if ln.startswith("%")]

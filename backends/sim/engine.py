@@ -32,9 +32,10 @@ the *ideal* integer product ``xq @ M`` with ``M = rebuild_matrix(cells, shifts, 
 offset)`` (the matrix the cells store, not ``w_int``) minus a correction that is non-zero only
 for conversions that clip. The kernel therefore computes
 
-* ``xq @ M`` in one BLAS matmul per layer (float32 when every partial sum is an integer below
-  2**24 — the bound ``(2**input_bits-1) * max_c sum_r |M[r,c]|`` is checked — else float64,
-  exact below 2**53);
+* ``xq @ M`` with BLAS, exactly: the rows are split into contiguous parts whose partial sums
+  provably stay below 2**24 (``(2**input_bits-1) * max_c sum_{r in part} |M[r,c]|``, see
+  :func:`row_parts`), each part a float32 matmul, the parts added in float64; a layer where one
+  row alone could reach 2**24 (16-bit weights and inputs) uses float64 (exact below 2**53);
 * in ``bit-serial`` mode, the clipping correction, exactly: a chunk whose largest possible column
   sum ``(2**dac_bits-1) * sum_{i in k} cells[i,j]`` stays ``<= L`` for every column can never
   clip (static test); for the other chunks, per cycle and input vector the data bound
