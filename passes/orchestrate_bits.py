@@ -101,10 +101,37 @@ from xbc.passmanager import Pass, PassContext, PassResult, register
 # signed-digit arithmetic (shared with reorder and cim-sparsity)
 # ========================================================================================
 
-def naf_digits(w: np.ndarray, planes: int) -> np.ndarray:
-    """Non-adjacent form of integers ``w`` (any shape) -> int8 ``[planes, *w.shape]``."""
-    w = np.asarray(w, np.int64)
-    n = np.abs(w)
+def _mask_dtype(planes: int):
+    """Smallest unsigned dtype holding ``planes`` bits (one bit per digit plane)."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if planes <= 8 * np.dtype(dt).itemsize:
+            return np.dtype(dt)
+    raise ValueError(f"{planes} digit planes do not fit a 64-bit mask")
+
+
+def mask_bits(mask: np.ndarray, planes: int, axis: int = 0) -> np.ndarray:
+    """Bit planes of unsigned masks: uint8 0/1 ``[planes, *mask.shape]`` (``axis=0``) or
+    ``[*mask.shape, planes]`` (``axis=-1``); plane ``p`` is bit ``p``."""
+    m = np.asarray(mask)
+    if not m.flags.c_contiguous:
+        m = m.copy()
+    nbytes = m.dtype.itemsize
+    by = m.astype(m.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(m.shape + (nbytes,))
+    if axis == 0:
+        bits = np.unpackbits(np.moveaxis(by, -1, 0), axis=0, bitorder="little")
+        return bits[:planes] if planes < 8 * nbytes else bits
+    bits = np.unpackbits(by, axis=-1, bitorder="little")
+    return np.ascontiguousarray(bits[..., :planes]) if planes < 8 * nbytes else bits
+
+
+def naf_masks(w: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-adjacent form of integers ``w`` as bit masks (positive-digit planes, negative-digit
+    planes), unsigned, same shape as ``w``."""
+    w = np.asarray(w)
+    dt = _mask_dtype(planes)
+    n = np.abs(w.astype(np.int64, copy=False))
+    if planes <= 29 and n.size and int(n.max()) < (1 << planes):   # then every mask fits 30 bits
+        n = n.astype(np.int32)
     h = n >> 1
     t = n + h
     c = h ^ t
@@ -112,11 +139,15 @@ def naf_digits(w: np.ndarray, planes: int) -> np.ndarray:
     neg = h & c
     if np.any((pos | neg) >> planes):
         raise ValueError(f"values need more than {planes} signed binary digits")
-    sign = np.sign(w).astype(np.int8)
-    d = np.empty((planes,) + w.shape, np.int8)
-    for p in range(planes):
-        d[p] = (((pos >> p) & 1) - ((neg >> p) & 1)).astype(np.int8) * sign
-    return d
+    pos, neg = pos.astype(dt), neg.astype(dt)
+    gt = w > 0
+    return np.where(gt, pos, neg), np.where(gt, neg, pos)
+
+
+def naf_digits(w: np.ndarray, planes: int) -> np.ndarray:
+    """Non-adjacent form of integers ``w`` (any shape) -> int8 ``[planes, *w.shape]``."""
+    pm, nm = naf_masks(w, planes)
+    return mask_bits(pm, planes).view(np.int8) - mask_bits(nm, planes).view(np.int8)
 
 
 def min_weight_digits(w: np.ndarray, cell_bits: int, planes: int,
@@ -309,6 +340,16 @@ def _from_units(U: np.ndarray, perm: np.ndarray, R: int) -> np.ndarray:
     return out
 
 
+def _digits_from_units(Du: np.ndarray, perm: np.ndarray, R: int) -> np.ndarray:
+    """Unit-layout digits ``[G, nb, C, S, P]`` -> contiguous ``[P, G, R, C]`` in original row order
+    (``np.moveaxis(_from_units(Du, perm, R), -1, 0)``)."""
+    G, nb, C, S, P = Du.shape
+    Dp = Du.transpose(4, 0, 1, 3, 2).reshape(P, G, nb * S, C)
+    inv = np.empty((G, R), np.intp)
+    inv[np.arange(G)[:, None], np.asarray(perm, np.intp)] = np.arange(R)
+    return Dp[:, np.arange(G)[:, None], inv]
+
+
 def segment_counts(Du: np.ndarray) -> np.ndarray:
     """Digits in unit layout ``[G, nb, C, S, P]`` -> non-zero counts ``[G, nb, C, P, 2]``
     (sign 0: positive digits, 1: negative digits)."""
@@ -345,29 +386,39 @@ class _Clearer:
         qs = np.arange(self.P)
         self.wup = (self.pow[None, :] * (qs[None, :] > qs[:, None])).astype(np.int32)   # [p, q]: B^q if q > p
         self.s2flat = s2u.reshape(-1)
+        self.VB = self.B ** self.P            # |every table value| < VB
+        self._tables: dict = {}
 
-    def evaluate(self, g, b, c, p, s, N=None):
-        """Cost of clearing each candidate segment, plus the per-entry result of the move.
+    def _table(self, ekey: int):
+        """Table of one key (``(p << 2P | mask) << 5 | limit``, see :meth:`evaluate`) with its
+        dense rank array: ``lt[c + VB]`` = number of table values ``< c`` for integer
+        ``c in [-VB, VB + 1]`` (``VB = B**P`` bounds every value), which replaces a binary search,
+        and, for targets in ``[-qmax, qmax]`` (no digits kept above the table's planes), the
+        neighbours ``left[c + VB]`` = largest value ``< c`` if ``>= -qmax`` (else -inf),
+        ``right[c + VB]`` = smallest value ``>= c`` if ``<= qmax`` (else +inf) and their digit
+        counts."""
+        tb = self._tables.get(ekey)
+        if tb is None:
+            P = self.P
+            k = ekey >> 5
+            vals, digs, cnt = limited_table(self.cb, int(k >> (2 * P)), int(k & ((1 << (2 * P)) - 1)), int(ekey & 31))
+            lt = np.searchsorted(vals, np.arange(-self.VB, self.VB + 2, dtype=np.int64), side="left")
+            n = len(vals)
+            vpad = np.concatenate([[-np.inf], vals.astype(np.float64), [np.inf]])
+            cpad = np.concatenate([[0], cnt, [0]])
+            left, right = vpad[lt].copy(), vpad[lt + 1].copy()
+            left[left < -self.qmax] = -np.inf
+            right[right > self.qmax] = np.inf
+            tb = (vals.astype(np.float64), cnt, digs, lt, left, right, cpad[lt], cpad[lt + 1], n)
+            self._tables[ekey] = tb
+        return tb
 
-        Returns (cost [K] (inf if impossible), entry k [E], entry row [E], new digits [E, P],
-        new values [E])."""
-        K = len(g)
-        P, B = self.P, self.B
-        G, nb, C, S, _ = self.Du.shape
-        dp = self.Du[g, b, c, :, p]                # [K, S]
-        match = np.where(s[:, None] == 0, dp > 0, dp < 0)
-        ek, ei = np.nonzero(match)
-        unit = (g.astype(np.int64) * nb + b) * C + c
-        rows = unit[ek] * S + ei
-        dv = self.Du.reshape(-1, P)[rows]                      # [E, P] int8
-        pe = p[ek]
+    def _allowed_keys(self, g, b, c, p, s, N):
+        """Per candidate: the key of its table, ``(p_tab << 2P | mask) << 5 | limit`` (mask: the
+        allowed (plane, sign) pairs, see the class docstring) before the per-entry limit, and the
+        segment counts ``[K, P, 2]`` of its unit."""
+        P = self.P
         qs = np.arange(P)
-        dvi = dv.astype(np.int32)
-        H = np.einsum("ep,ep->e", dvi, self.wup[pe]).astype(np.int64)
-        t = self.Tu.reshape(-1)[rows]
-        v = self.Vu.reshape(-1)[rows]
-        s2 = self.s2flat[g[ek].astype(np.int64) * C + c[ek]]
-        # allowed lower pairs per candidate: currently non-empty segments below p
         if N is None:
             Dk = self.Du[g, b, c]
             Nk = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)   # [K, P, 2]
@@ -377,42 +428,133 @@ class _Clearer:
         bits = (Nk > 0).astype(np.int64) << (2 * qs[None, :, None] + sg[None, None, :])
         if self.all_planes:   # every non-empty pair of the unit except the one being cleared
             bits = bits * ~((qs[None, :, None] == p[:, None, None]) & (sg[None, None, :] == s[:, None, None]))
-            H = np.zeros_like(H)
-            pe_tab = np.full_like(pe, P)
         else:                 # only the planes below p; the digits above p stay
             bits = bits * (qs[None, :, None] < p[:, None, None])
-            pe_tab = pe
         if not self.signed:  # sign-magnitude: a weight's digits all have the weight's sign
             bits = bits * (sg[None, None, :] == s[:, None, None])
         mask = bits.sum(axis=(1, 2))
         ptab = np.full_like(p, P) if self.all_planes else p
-        key = (ptab.astype(np.int64) << (2 * P)) + mask
-        if self.max_digits is None:
-            ekey = key[ek] << 5 | 31
-        elif self.all_planes:
-            ekey = key[ek] << 5 | self.max_digits
-        else:  # digits left for the planes below p (max-digits stays true after a move)
+        return (ptab.astype(np.int64) << (2 * P)) + mask, Nk
+
+    SUB = 1024  # candidates per block of entries in :meth:`_cost_all_planes` (cache-sized temporaries)
+
+    def _cost_all_planes(self, g, b, c, p, s, N):
+        """:meth:`evaluate`'s cost for ``compensate=all`` (no digits are kept, ``H = 0``), the same
+        numbers: the batch's tables are numbered as there (sorted keys), each entry's two
+        neighbours are read from the dense tables of :meth:`_table`, and the entries are
+        processed in blocks of :attr:`SUB` candidates so the temporaries stay in cache."""
+        K = len(g)
+        G, nb, C, S, P = self.Du.shape
+        key, Nk = self._allowed_keys(g, b, c, p, s, N)
+        kc = key << 5 | (31 if self.max_digits is None else self.max_digits)
+        present = Nk[np.arange(K), p, s] > 0          # candidates with at least one entry
+        uk = np.unique(kc[present])
+        invc = np.searchsorted(uk, kc)
+        tabs = [self._table(int(k)) for k in uk]
+        W = 2 * self.VB + 2
+        left = np.concatenate([tb[4] for tb in tabs])
+        right = np.concatenate([tb[5] for tb in tabs])
+        cl = cr = None
+        SPAN = float(4 * self.B ** P + 4 * self.qmax + 8)
+        unit = (g.astype(np.int64) * nb + b) * C + c
+        s2c = self.s2flat[g.astype(np.int64) * C + c]
+        Tf, Vf = self.Tu.reshape(-1), self.Vu.reshape(-1)
+        cost = np.empty(K)
+        for a in range(0, K, self.SUB):
+            sl = slice(a, a + self.SUB)
+            k = len(g[sl])
+            dp = self.Du[g[sl], b[sl], c[sl], :, p[sl]]                # [k, S]
+            match = np.where(s[sl, None] == 0, dp > 0, dp < 0)
+            ek, ei = np.nonzero(match)
+            rows = unit[sl][ek] * S + ei
+            t = Tf[rows]
+            v = Vf[rows]
+            inv = invc[sl][ek]
+            x = np.clip(t, -self.qmax, self.qmax)
+            off = inv * SPAN
+            # the concatenated search's key x + off is rounded: ceil(x + off) - off, not ceil(x)
+            ci = np.ceil(x + off)
+            ci -= off
+            np.clip(ci, -self.VB, self.VB + 1, out=ci)
+            idx = ci.astype(np.int64)
+            idx += inv * W + self.VB
+            vl = left[idx]                     # < x (or -inf): |x - vl| = x - vl
+            vr = right[idx]
+            dl = x - vl
+            dr = np.where(vr >= x, vr - x, np.inf)
+            take_r = dr < dl
+            tie = np.flatnonzero((dr == dl) & np.isfinite(dl))
+            if len(tie):
+                if cl is None:
+                    cl = np.concatenate([tb[6] for tb in tabs])
+                    cr = np.concatenate([tb[7] for tb in tabs])
+                take_r[tie] = cr[idx[tie]] < cl[idx[tie]]
+            feasible = np.isfinite(np.minimum(dl, dr))
+            newv = np.where(feasible, np.where(take_r, vr, vl), v).astype(np.int64)
+            ecost = s2c[sl][ek] * ((t - newv) ** 2 - (t - v) ** 2)
+            cst = np.bincount(ek, weights=ecost, minlength=k)
+            cst[np.bincount(ek, weights=(~feasible).astype(np.float64), minlength=k) > 0] = np.inf
+            cost[sl] = cst
+        return cost
+
+    def evaluate(self, g, b, c, p, s, N=None, cost_only=False):
+        """Cost of clearing each candidate segment, plus the per-entry result of the move.
+
+        Returns (cost [K] (inf if impossible), entry k [E], entry row [E], new digits [E, P]
+        (None with ``cost_only``), new values [E]).
+
+        Every entry (a digit of the segment) is re-represented by the value of its table nearest
+        to its target. The tables of a batch are concatenated into one sorted key array (value +
+        table index * SPAN); the position of an entry's key ``x + inv * SPAN`` in it is
+        ``offset[inv] + #(table values < ceil(x + inv * SPAN) - inv * SPAN)`` (the table values
+        are integers), read from the dense rank array of :meth:`_table` instead of a binary
+        search over the batch.
+        """
+        if cost_only and self.all_planes:
+            return self._cost_all_planes(g, b, c, p, s, N), None, None, None, None
+        K = len(g)
+        P, B = self.P, self.B
+        G, nb, C, S, _ = self.Du.shape
+        dp = self.Du[g, b, c, :, p]                # [K, S]
+        match = np.where(s[:, None] == 0, dp > 0, dp < 0)
+        ek, ei = np.nonzero(match)
+        unit = (g.astype(np.int64) * nb + b) * C + c
+        rows = unit[ek] * S + ei
+        pe = p[ek]
+        qs = np.arange(P)
+        dv = self.Du.reshape(-1, P)[rows]                  # [E, P] int8
+        dvi = dv.astype(np.int32)
+        if self.all_planes:
+            H = np.zeros(len(ek), np.int64)
+        else:
+            H = np.einsum("ep,ep->e", dvi, self.wup[pe]).astype(np.int64)
+        t = self.Tu.reshape(-1)[rows]
+        v = self.Vu.reshape(-1)[rows]
+        s2 = self.s2flat[g.astype(np.int64) * C + c][ek]
+        key, _ = self._allowed_keys(g, b, c, p, s, N)
+        pe_tab = np.full_like(pe, P) if self.all_planes else pe
+        if self.max_digits is not None and not self.all_planes:
+            # digits left for the planes below p (max-digits stays true after a move)
             above = np.count_nonzero(dvi * (qs[None, :] > pe[:, None]), axis=1)
             ekey = key[ek] << 5 | np.maximum(self.max_digits - above, 0).astype(np.int64)
-        uk, inv = np.unique(ekey, return_inverse=True)
+            uk, inv = np.unique(ekey, return_inverse=True)
+        else:                 # one key per candidate
+            kc = key << 5 | (31 if self.max_digits is None else self.max_digits)
+            uk = np.unique(kc[np.bincount(ek, minlength=K) > 0])
+            inv = np.searchsorted(uk, kc)[ek]
         # all tables of this batch in one sorted array: value + j * SPAN for table j
         SPAN = float(4 * B ** P + 4 * self.qmax + 8)
-        tabs = [limited_table(self.cb, int(k >> 5) >> (2 * P), int(k >> 5) & ((1 << (2 * P)) - 1), int(k & 31))
-                for k in uk]
+        tabs = [self._table(int(k)) for k in uk]
         sizes = np.array([len(tb[0]) for tb in tabs], np.int64)
         tid = np.repeat(np.arange(len(tabs)), sizes)
-        allv = np.concatenate([tb[0] for tb in tabs]).astype(np.float64)
-        allc = np.concatenate([tb[2] for tb in tabs])
-        alld = np.zeros((len(allv), P), np.int8)
-        o = 0
-        for tb in tabs:
-            n, w = tb[1].shape
-            alld[o:o + n, :w] = tb[1]
-            o += n
-        key_v = allv + tid * SPAN
+        allv = np.concatenate([tb[0] for tb in tabs])
+        allc = np.concatenate([tb[1] for tb in tabs])
+        rank = np.stack([tb[3] for tb in tabs]) + (np.cumsum(sizes) - sizes)[:, None]
         x = np.clip(t, -self.qmax, self.qmax) - H
         lo, hi = -self.qmax - H, self.qmax - H
-        j = np.searchsorted(key_v, x + inv * SPAN)
+        off = inv * SPAN
+        ci = np.clip(np.ceil(x + off) - off, -self.VB, self.VB + 1).astype(np.int64) + self.VB
+        j = rank[inv, ci]                           # == np.searchsorted(allv + tid * SPAN, x + off)
         jl = np.clip(j - 1, 0, len(allv) - 1)
         jr = np.clip(j, 0, len(allv) - 1)
         vl, vr = allv[jl], allv[jr]
@@ -424,12 +566,18 @@ class _Clearer:
         jj = np.where(take_r, jr, jl)
         feasible = np.isfinite(np.minimum(dl, dr))
         newv = np.where(feasible, H + allv[jj].astype(np.int64), v)
-        newd = np.where(qs[None, :] < pe_tab[:, None], alld[jj], np.where(qs[None, :] > pe_tab[:, None], dv, 0))
-        newd = np.where(feasible[:, None], newd, dv).astype(np.int8)
         ecost = s2 * ((t - newv) ** 2 - (t - v) ** 2)
         cost = np.bincount(ek, weights=ecost, minlength=K)
         bad = np.bincount(ek, weights=(~feasible).astype(np.float64), minlength=K) > 0
         cost[bad] = np.inf
+        alld = np.zeros((len(allv), P), np.int8)
+        o = 0
+        for tb in tabs:
+            n, w = tb[2].shape
+            alld[o:o + n, :w] = tb[2]
+            o += n
+        newd = np.where(qs[None, :] < pe_tab[:, None], alld[jj], np.where(qs[None, :] > pe_tab[:, None], dv, 0))
+        newd = np.where(feasible[:, None], newd, dv).astype(np.int8)
         return cost, ek, ei, newd, newv
 
     def apply(self, g, b, c, p, s, N=None):
@@ -438,11 +586,13 @@ class _Clearer:
         self.Vu[g[ek], b[ek], c[ek], ei] = newv
         return cost
 
-    def run(self, allowed_total: float, E_cur: float, max_seg: int, max_rounds: int):
-        """Greedy clearing; returns (E_final, moves, rounds)."""
+    def run(self, allowed_total: float, E_cur: float, max_seg: int, max_rounds: int, N=None):
+        """Greedy clearing; returns (E_final, moves, rounds). ``N``: ``segment_counts(Du)`` if
+        known; the counts are kept up to date in ``self.N``."""
         Du = self.Du
         G, nb, C, S, P = Du.shape
-        N = segment_counts(Du)                                  # [G, nb, C, P, 2]
+        N = segment_counts(Du) if N is None else N               # [G, nb, C, P, 2]
+        self.N = N
         cost = np.full(N.shape, np.nan)
         blocked = np.zeros(N.shape, bool)
         dirty = np.ones((G, nb, C), bool)
@@ -455,7 +605,7 @@ class _Clearer:
             gi, bi, ci, pi, si = np.nonzero(todo)
             for a in range(0, len(gi), self.BATCH):
                 sl = slice(a, a + self.BATCH)
-                cst = self.evaluate(gi[sl], bi[sl], ci[sl], pi[sl], si[sl], N)[0]
+                cst = self.evaluate(gi[sl], bi[sl], ci[sl], pi[sl], si[sl], N, cost_only=True)[0]
                 cost[gi[sl], bi[sl], ci[sl], pi[sl], si[sl]] = cst
             dirty[:] = False
             remaining = allowed_total - E_cur
@@ -499,41 +649,75 @@ class _Clearer:
         return E_cur, moves, rounds
 
 
-def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: np.ndarray, *,
-                       cell_bits: int, planes: int, signed: bool, qmax: int, segment_rows: int,
-                       perm: np.ndarray | None, max_digits: int | None, budget: float,
-                       E_q: float, max_segment_digits: int, max_rounds: int,
-                       compensate: str = "all", twos_complement: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Steps 1-3 of the module docstring on one layer matrix.
+def _popcount_sum(m: np.ndarray, axis=None) -> np.ndarray:
+    return np.add.reduce(np.bitwise_count(m), axis=axis, dtype=np.int64)
 
-    ``V`` int ``[G, R, C]`` current weights, ``T`` float targets (integer units), ``scale``
-    ``[G, C]`` weight scales, ``frozen`` bool ``[G, R, C]`` weights that must stay 0.
-    Returns (digits ``[P, G, R, C]`` int8, values ``[G, R, C]`` int64, info).
-    """
-    G, R, C = V.shape
-    S = segment_rows
-    P = planes
-    perm = np.tile(np.arange(R, dtype=np.int64), (G, 1)) if perm is None else np.asarray(perm, np.int64)
-    V = np.asarray(V, np.int64).copy()
-    s2 = (np.asarray(scale, np.float64) ** 2).reshape(G, 1, C)
-    info: dict = {}
-    n_w = V.size
 
-    # baseline: sign-magnitude as slice-bits cuts it without this pass
-    P_sm = n_planes_sm = n_planes(int(math.log2(qmax + 1)) + 1, cell_bits, "split", signed_digit=False)
-    d_sm_base = sign_magnitude_digits(V, cell_bits, n_planes_sm)
-    info["digits_per_weight_binary"] = float(np.count_nonzero(d_sm_base)) / max(n_w, 1)
-    info["nonempty_segments_sign_magnitude"] = count_nonempty_segments(d_sm_base, S, perm)
-    info["segments_sign_magnitude"] = int(2 * P_sm * G * (-(-R // S)) * C)
-    del d_sm_base
+def _unit_stats(pm: np.ndarray, nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks in unit layout ``[..., S]`` -> (non-empty segments per unit, non-zero digits per unit)."""
+    n = (np.bitwise_count(np.bitwise_or.reduce(pm, axis=-1)).astype(np.int64)
+         + np.bitwise_count(np.bitwise_or.reduce(nm, axis=-1)))
+    return n, _popcount_sum(pm, axis=-1) + _popcount_sum(nm, axis=-1)
 
-    # step 2: max-digits
-    if max_digits is not None:
-        Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
-        V = np.where(frozen, 0, Vk)
 
-    # step 1: recoding; per unit the form with the fewest non-empty segments
+def _twos_complement_masks(Vu: np.ndarray, planes: int, mirror: bool):
+    """:func:`two_complement_units` for ``cell_bits = 1`` as bit masks (pos, neg, fits)."""
+    v = -np.asarray(Vu, np.int64) if mirror else np.asarray(Vu, np.int64)
+    lo = v.min(axis=-1)
+    hi = v.max(axis=-1)
+    k = np.zeros(lo.shape, np.int64)
+    for kk in range(planes - 1, -1, -1):
+        k = np.where((lo >= -(1 << kk)) & (hi <= (1 << kk) - 1), kk, k)
+    fits = (lo >= -(1 << k)) & (hi <= (1 << k) - 1)
+    dt = _mask_dtype(planes)
+    kw = np.where(fits, k, -1)[..., None]          # -1: no digits at all
+    neg = v < 0
+    top = np.left_shift(1, np.maximum(kw, 0))
+    pm = np.where(kw >= 0, np.where(neg, v + top, v), 0).astype(dt)   # < 2**k: only planes < k
+    nm = np.where((kw >= 0) & neg, top, 0).astype(dt)                # -1 on plane k
+    return (nm, pm, fits) if mirror else (pm, nm, fits)
+
+
+def _binary_unit_forms(Vu0: np.ndarray, P: int, n_planes_sm: int, signed: bool, twos_complement: bool,
+                       max_digits: int | None, info: dict) -> np.ndarray:
+    """Step 1 for ``cell_bits = 1`` on bit masks (one bit per plane, positive and negative digits
+    apart) in unit layout: the same forms, counts and choices as the digit arrays of the general
+    path, at 1/P of the memory traffic. Returns the chosen digits ``[G, nb, C, S, P]`` int8."""
+    n = np.abs(Vu0)
+    if np.any(n >> n_planes_sm):
+        raise ValueError(f"weights need more than {n_planes_sm} planes of 1 bits")
+    dt = _mask_dtype(P)
+    sm = (np.where(Vu0 > 0, n, 0).astype(dt), np.where(Vu0 < 0, n, 0).astype(dt))
+    if not signed:
+        pm, nm = sm
+    else:
+        forms = [("signed_digit", naf_masks(Vu0, P) + (None,)), ("sign_magnitude", sm + (None,))]
+        if twos_complement:
+            forms += [(name, _twos_complement_masks(Vu0, P, mirror)) for name, mirror in
+                      (("twos_complement", False), ("twos_complement_mirrored", True))]
+        pm, nm, _ = forms[0][1]
+        best_n, best_d = _unit_stats(pm, nm)
+        choice = np.zeros(best_n.shape, np.int8)
+        for i, (name, (fp, fn, fits)) in enumerate(forms[1:], start=1):
+            n_f, d_f = _unit_stats(fp, fn)
+            better = (n_f < best_n) | ((n_f == best_n) & (d_f < best_d))
+            if fits is not None:
+                better &= fits
+            if max_digits is not None:  # these forms may need more digits than max-digits allows
+                per_w = np.bitwise_count(fp) + np.bitwise_count(fn)
+                better &= per_w.max(axis=-1) <= max_digits
+            pm = np.where(better[..., None], fp, pm)
+            nm = np.where(better[..., None], fn, nm)
+            best_n = np.where(better, n_f, best_n)
+            best_d = np.where(better, d_f, best_d)
+            choice = np.where(better, i, choice)
+        info["unit_forms"] = {f[0]: int(np.count_nonzero(choice == i)) for i, f in enumerate(forms)}
+    return mask_bits(pm, P, axis=-1).view(np.int8) - mask_bits(nm, P, axis=-1).view(np.int8)
+
+
+def _recode_units_general(V, perm, S, cell_bits, P, n_planes_sm, signed, twos_complement, max_digits,
+                          info) -> np.ndarray:
+    """Step 1 on digit arrays (any ``cell_bits``): the chosen digits ``[G, nb, C, S, P]`` int8."""
     D = recode(V, cell_bits, P, signed)
     Du = _units_layout(np.moveaxis(D, 0, -1), perm, S)
     del D
@@ -565,8 +749,64 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
         Du = best
         info["unit_forms"] = {f[0]: int(np.count_nonzero(choice == i)) for i, f in enumerate(forms)}
         del forms, D_sm
-    info["digits_per_weight_recoded"] = float(np.count_nonzero(Du)) / max(n_w, 1)
-    info["nonempty_segments_recoded"] = int(np.count_nonzero(segment_counts(Du)))
+    return Du
+
+
+def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: np.ndarray, *,
+                       cell_bits: int, planes: int, signed: bool, qmax: int, segment_rows: int,
+                       perm: np.ndarray | None, max_digits: int | None, budget: float,
+                       E_q: float, max_segment_digits: int, max_rounds: int,
+                       compensate: str = "all", twos_complement: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Steps 1-3 of the module docstring on one layer matrix.
+
+    ``V`` int ``[G, R, C]`` current weights, ``T`` float targets (integer units), ``scale``
+    ``[G, C]`` weight scales, ``frozen`` bool ``[G, R, C]`` weights that must stay 0.
+    Returns (digits ``[P, G, R, C]`` int8, values ``[G, R, C]`` int64, info).
+    """
+    G, R, C = V.shape
+    S = segment_rows
+    P = planes
+    perm = np.tile(np.arange(R, dtype=np.int64), (G, 1)) if perm is None else np.asarray(perm, np.int64)
+    V = np.asarray(V, np.int64).copy()
+    s2 = (np.asarray(scale, np.float64) ** 2).reshape(G, 1, C)
+    info: dict = {}
+    n_w = V.size
+
+    # baseline: sign-magnitude as slice-bits cuts it without this pass
+    P_sm = n_planes_sm = n_planes(int(math.log2(qmax + 1)) + 1, cell_bits, "split", signed_digit=False)
+    binary = cell_bits == 1 and P <= 64
+    if binary:   # bit masks: popcounts of |v| and of the per-unit OR of the sign-split magnitudes
+        Vb = _units_layout(V, perm, S)
+        mag = np.abs(Vb)
+        if np.any(mag >> n_planes_sm):
+            raise ValueError(f"weights need more than {n_planes_sm} planes of {cell_bits} bits")
+        info["digits_per_weight_binary"] = float(_popcount_sum(mag)) / max(n_w, 1)
+        info["nonempty_segments_sign_magnitude"] = int(_unit_stats(np.where(Vb > 0, mag, 0),
+                                                                   np.where(Vb < 0, mag, 0))[0].sum())
+        del Vb, mag
+    else:
+        d_sm_base = sign_magnitude_digits(V, cell_bits, n_planes_sm)
+        info["digits_per_weight_binary"] = float(np.count_nonzero(d_sm_base)) / max(n_w, 1)
+        info["nonempty_segments_sign_magnitude"] = count_nonempty_segments(d_sm_base, S, perm)
+        del d_sm_base
+    info["segments_sign_magnitude"] = int(2 * P_sm * G * (-(-R // S)) * C)
+
+    # step 2: max-digits
+    if max_digits is not None:
+        Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
+        V = np.where(frozen, 0, Vk)
+
+    # step 1: recoding; per unit the form with the fewest non-empty segments
+    if binary:
+        Du = _binary_unit_forms(_units_layout(V, perm, S), P, n_planes_sm, signed, twos_complement,
+                                max_digits, info)
+    else:
+        Du = _recode_units_general(V, perm, S, cell_bits, P, n_planes_sm, signed, twos_complement,
+                                   max_digits, info)
+    N0 = segment_counts(Du)
+    info["digits_per_weight_recoded"] = float(N0.sum(dtype=np.int64)) / max(n_w, 1)
+    info["nonempty_segments_recoded"] = int(np.count_nonzero(N0))
     info["segments"] = int(2 * P * G * Du.shape[1] * C)
 
     # step 3: clearing
@@ -576,15 +816,15 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     allowed = (1.0 + budget) * E_q
     cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed,
                   compensate == "all")
-    E_fin, moves, rounds = cl.run(allowed, E_cur, max_segment_digits, max_rounds)
-    D = np.moveaxis(_from_units(cl.Du, perm, R), -1, 0)
+    E_fin, moves, rounds = cl.run(allowed, E_cur, max_segment_digits, max_rounds, N=N0)
+    D = _digits_from_units(cl.Du, perm, R)
     Vn = _from_units(cl.Vu, perm, R)
     info["moves"] = int(moves)
     info["rounds"] = int(rounds)
-    info["digits_per_weight_final"] = float(np.count_nonzero(D)) / max(n_w, 1)
-    info["nonempty_segments_final"] = int(np.count_nonzero(segment_counts(cl.Du)))
+    info["digits_per_weight_final"] = float(cl.N.sum(dtype=np.int64)) / max(n_w, 1)
+    info["nonempty_segments_final"] = int(np.count_nonzero(cl.N))
     info["changed_weights"] = int(np.count_nonzero(Vn != V))
-    return np.ascontiguousarray(D), Vn, info
+    return D, Vn, info
 
 
 # ========================================================================================

@@ -82,11 +82,15 @@ def _block_counts(Xf: np.ndarray, perm: np.ndarray, S: int) -> np.ndarray:
     return ind @ Xf
 
 
-def _swap_refine(X: np.ndarray, perm: np.ndarray, S: int, rounds: int) -> tuple[np.ndarray, int]:
+def _swap_refine(X: np.ndarray, perm: np.ndarray, S: int, rounds: int,
+                 M: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Swap refinement (module docstring) of ``perm`` on the support ``X``; ``M`` its
+    :func:`support_mask`, for exact counting."""
     R, F = X.shape
     nb = -(-R // S)
     perm = perm.copy()
-    best = nonempty_count(X, perm, S)
+    count = (lambda q: nonempty_count(X, q, S)) if M is None else (lambda q: nonempty_count_mask(M, q, S))
+    best = count(perm)
     if nb < 2:
         return perm, best
     # only features that can be empty in some block matter
@@ -134,7 +138,7 @@ def _swap_refine(X: np.ndarray, perm: np.ndarray, S: int, rounds: int) -> tuple[
                 pi[i], pi[j] = pi[j], pi[i]
             cand = np.empty(R, np.int64)
             cand[pi] = np.arange(R)
-            score = nonempty_count(X, cand, S)
+            score = count(cand)
             if score < best:
                 perm, best, improved = cand, score, True
                 break
@@ -144,11 +148,62 @@ def _swap_refine(X: np.ndarray, perm: np.ndarray, S: int, rounds: int) -> tuple[
     return perm, best
 
 
+def support_mask(digits_g: np.ndarray) -> np.ndarray:
+    """Digits of one group ``[P, R, C]`` -> the row support as bit masks ``[R, C]`` (unsigned): bit
+    ``s*P + p`` is set when the digit of plane ``p`` has sign ``s`` (0: positive, 1: negative) —
+    the same information as :func:`row_support`, one word per (row, column)."""
+    P = digits_g.shape[0]
+    dts = [np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64)]
+    dp = next(d for d in dts if 8 * d.itemsize >= P)
+    dt = next((d for d in dts if 8 * d.itemsize >= 2 * P), None)
+    if dt is None:
+        raise ValueError(f"{P} digit planes do not fit a 64-bit support mask")
+    pm = np.zeros(digits_g.shape[1:], dp)
+    nm = np.zeros(digits_g.shape[1:], dp)
+    for p in range(P):
+        pm |= (digits_g[p] > 0).view(np.uint8).astype(dp, copy=False) << dp.type(p)
+        nm |= (digits_g[p] < 0).view(np.uint8).astype(dp, copy=False) << dp.type(p)
+    return pm.astype(dt) | (nm.astype(dt) << dt.type(P))
+
+
+def nonempty_count_mask(M: np.ndarray, perm: np.ndarray, S: int) -> int:
+    """:func:`nonempty_count` from :func:`support_mask` (the same number)."""
+    R, C = M.shape
+    nb = -(-R // S)
+    Mp = np.zeros((nb * S, C), M.dtype)
+    Mp[:R] = M[perm]
+    return int(np.bitwise_count(np.bitwise_or.reduce(Mp.reshape(nb, S, C), axis=1)).sum(dtype=np.int64))
+
+
+def rarity_order(pos: np.ndarray, neg: np.ndarray, R: int) -> np.ndarray:
+    """Rows by rarity score ``sum_f X[r, f] * log(R / n_f)`` descending (stable), for the support
+    ``X`` given as bool planes ``pos`` / ``neg`` ``[P, R, C]``.
+
+    The weights are rounded to integers in units of ``2**-k`` (``k`` as large as keeps every sum
+    below ``2**53``, at least 2**-20 resolution in practice), so every row sum is exact whatever
+    order the BLAS adds in: equal supports (and equal multisets of feature counts) give equal
+    scores, hence the row order, not rounding noise, breaks ties, on every machine."""
+    P, _, C = pos.shape
+    nf = np.stack([np.add.reduce(pos.view(np.uint8), axis=1, dtype=np.int64),
+                   np.add.reduce(neg.view(np.uint8), axis=1, dtype=np.int64)], axis=1)   # [P, 2, C]
+    w = np.where(nf > 0, np.log(R / np.maximum(nf, 1)), 0.0)
+    total = float(w.sum()) + 1.0                   # bounds every row's score
+    k = 52 - int(np.ceil(np.log2(total)))
+    wq = np.round(np.ldexp(w, k))
+    score = np.zeros(R)
+    for p in range(P):
+        score += pos[p] @ wq[p, 0]
+        score += neg[p] @ wq[p, 1]
+    return np.argsort(-score, kind="stable")
+
+
 def choose_row_perm(digits: np.ndarray, S: int, current: np.ndarray | None = None,
                     swap_rounds: int = 4) -> tuple[np.ndarray, dict]:
     """Best row permutation per group for matrix-view digits ``[P, G, R, C]`` (module docstring).
 
     Returns (``[G, R]`` int32, {"identity": count, "chosen": count, "method": {name: groups}}).
+    Candidates are scored on the bit-mask support (:func:`support_mask`); the ``[R, P*2*C]``
+    support matrix is only built for the swap refinement.
     """
     P, G, R, C = digits.shape
     out = np.empty((G, R), np.int32)
@@ -161,23 +216,23 @@ def choose_row_perm(digits: np.ndarray, S: int, current: np.ndarray | None = Non
         return base.astype(np.int32), {"identity": n, "chosen": n,
                                        "method": {"current" if current is not None else "identity": G}}
     for g in range(G):
-        X = row_support(digits[:, g])
+        Dg = digits[:, g]
+        M = support_mask(Dg)
         cands: list[tuple[str, np.ndarray]] = [("identity", ident)]
         if current is not None:
             cands.append(("current", np.asarray(current[g], np.int64)))
         if R > S:
-            nf = X.sum(axis=0)
-            w = np.where(nf > 0, np.log(R / np.maximum(nf, 1)), 0.0)
-            score = X.astype(np.float64) @ w
-            cands.append(("rarity", np.argsort(-score, kind="stable")))
-            per_plane = X.reshape(R, P, 2 * C).sum(axis=2)       # [R, P]
-            keys = tuple(-per_plane[:, p] for p in range(P))     # lexsort: last key is primary
+            pos, neg = Dg > 0, Dg < 0
+            cands.append(("rarity", rarity_order(pos, neg, R)))
+            per_plane = np.add.reduce((pos | neg).view(np.uint8), axis=2, dtype=np.int64)   # [P, R]
+            keys = tuple(-per_plane[p] for p in range(P))        # lexsort: last key is primary
             cands.append(("significance", np.lexsort(keys)))
-        scores = [nonempty_count(X, p, S) for _, p in cands]
+            del pos, neg
+        scores = [nonempty_count_mask(M, p, S) for _, p in cands]
         k = int(np.argmin(scores))
         name, perm, best = cands[k][0], cands[k][1], scores[k]
         if R > S and swap_rounds > 0:
-            p2, s2 = _swap_refine(X, perm, S, swap_rounds)
+            p2, s2 = _swap_refine(row_support(Dg), perm, S, swap_rounds, M)
             if s2 < best:
                 name, perm, best = name + "+swap", p2, s2
         out[g] = perm

@@ -115,6 +115,9 @@ KERNEL_CASES = {
     "conv1d": ("conv", (7, 5, 4), dict(strides=[2], pads=[1, 2]), 1, (3, 5, 13)),
     "conv3d_grouped": ("conv", (6, 2, 2, 3, 2), dict(pads=[1, 0, 1, 0, 1, 1], dilations=[1, 2, 1]), 2, (1, 4, 4, 6, 5)),
     "conv2d_1x1": ("conv", (20, 30, 1, 1), {}, 1, (1, 30, 3, 4)),
+    "conv2d_1x1_grouped": ("conv", (12, 2, 1, 1), {}, 4, (2, 8, 3, 5)),
+    "conv2d_one_output_per_group": ("conv", (3, 4, 3, 3), dict(pads=[1, 2, 0, 1], strides=[2, 1], dilations=[1, 2]), 3, (2, 12, 7, 8)),
+    "conv3d_depthwise": ("conv", (4, 1, 2, 3, 3), dict(pads=[0, 1, 1, 1, 0, 1], strides=[1, 2, 1]), 4, (1, 4, 3, 6, 5)),
     "convT2d": ("conv_transpose", (6, 5, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]), 1, (1, 6, 4, 5)),
     "convT2d_grouped_dilated": ("conv_transpose", (6, 2, 3, 2), dict(strides=[3, 1], pads=[0, 1, 2, 0], dilations=[1, 2]), 3, (2, 6, 3, 4)),
     "convT1d_bigpad": ("conv_transpose", (4, 3, 5), dict(strides=[2], pads=[5, 4], output_padding=[1]), 1, (1, 4, 6)),
@@ -158,6 +161,19 @@ def test_kernel_bit_exact_encodings(name, cfg):
     for exhaustive in (False, True):
         run = CrossbarKernel(spec, mode="bit-serial", exhaustive=exhaustive).run(x, record=True)
         np.testing.assert_array_equal(run.acc, ref)
+
+
+@pytest.mark.parametrize("name", ["conv2d_1x1", "conv2d_1x1_grouped", "conv2d_depthwise",
+                                  "conv2d_one_output_per_group", "conv3d_depthwise"])
+def test_direct_conv_path_equals_im2col_path(name):
+    """1x1 and one-output-per-group convs skip im2col; the integers are the same."""
+    spec, x = _case_spec(name, rows=16, cols=16)
+    k = CrossbarKernel(spec)
+    xq = quantize_input(x, spec.x_scale, spec.x_zero_point, spec.input_bits)
+    direct, P = k._direct(xq)
+    patches, finish = k._patches(xq, float(spec.x_zero_point))
+    np.testing.assert_array_equal(direct, finish(k._ideal(patches)))
+    assert P == patches.shape[1]
 
 
 def test_kernel_float_output_formula():
@@ -554,3 +570,30 @@ def test_block_diagonal_crossbars_through_a_bundle(tmp_path):
         assert max(len(set(r[r >= 0].tolist())) for r in rg) > 1
         out = simulate(b, feeds[0], mode="bit-serial", adc_bits=16, record=True)
         np.testing.assert_array_equal(out.layer_acc[spec.id], integer_reference(spec, out.layer_inputs[spec.id]))
+
+
+def test_cells_matrix_equals_rebuild_matrix_and_rejects_bad_cells():
+    import dataclasses
+
+    from xbc.backends.sim.engine import cells_matrix
+    from xbc.errors import BundleError
+    from xbc.layer import rebuild_matrix
+
+    for name, kw in (("conv2d_grouped", dict(encoding="offset", cell_bits=2)), ("conv3d_grouped", {}),
+                     ("gemm_transB", dict(cell_bits=3)), ("convT2d_grouped_dilated", dict(cell_bits=2))):
+        spec, _ = _case_spec(name, rows=12, cols=10, **kw)
+        p = spec.program
+        np.testing.assert_array_equal(cells_matrix(p, spec.groups, spec.rows, spec.cols),
+                                      rebuild_matrix(p, spec.groups, spec.rows, spec.cols))
+    spec, _ = _case_spec("conv2d_grouped", rows=12, cols=10)
+    p = spec.program
+    x, j = np.argwhere(p.col_sign != 0)[0]
+    bad = dataclasses.replace(p, row_group=p.row_group.copy(), cells=p.cells.copy())
+    i = int(np.flatnonzero(bad.cells[x, :, j])[0])
+    bad.row_group[x, i] = -1                                   # a programmed cell on an unused row
+    with pytest.raises(BundleError, match="unused row"):
+        cells_matrix(bad, spec.groups, spec.rows, spec.cols)
+    bad = dataclasses.replace(p, row_group=p.row_group.copy())
+    bad.row_group[x, i] = (p.row_group[x, i] + 1) % spec.groups  # joins two groups
+    with pytest.raises(BundleError, match="different groups"):
+        cells_matrix(bad, spec.groups, spec.rows, spec.cols)

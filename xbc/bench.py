@@ -387,10 +387,10 @@ def _placement_section(res, opts: BenchOptions) -> dict[str, Any]:
         secs = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001
         return _na(f"bench_placement failed ({_reason(e)})")
-    out = {"lines": lines, "seconds": round(secs, 3)}
-    for k in ("greedy", "cp-sat"):
-        r = rep.get(k) or {}
-        out[k] = {kk: r.get(kk) for kk in ("objective", "bound", "gap", "status", "seconds", "objective_terms")}
+    out: dict[str, Any] = {"lines": lines, "seconds": round(secs, 3)}
+    for k, r in (rep or {}).items():
+        if isinstance(r, dict):
+            out[k] = {kk: r.get(kk) for kk in ("objective", "bound", "gap", "status", "seconds", "objective_terms")}
     return out
 
 

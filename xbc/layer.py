@@ -328,10 +328,20 @@ def sign_magnitude_digits(w_mat: np.ndarray, cell_bits: int, planes: int) -> np.
 
 
 def digits_value(digits: np.ndarray, cell_bits: int) -> np.ndarray:
-    """``[P, ...]`` digits -> integer values ``sum_p D[p] * 2**(cell_bits*p)`` (int64)."""
+    """``[P, ...]`` digits -> integer values ``sum_p D[p] * 2**(cell_bits*p)`` (int64).
+
+    Horner's rule over the planes, in int32 when every partial value fits (small digits and
+    ``P * cell_bits <= 30``), so no ``[P, ...]`` int64 temporary is made."""
+    digits = np.asarray(digits)
     P = digits.shape[0]
-    w = (1 << (np.arange(P, dtype=np.int64) * cell_bits)).reshape((P,) + (1,) * (digits.ndim - 1))
-    return (digits.astype(np.int64) * w).sum(axis=0)
+    if P == 0:
+        return np.zeros(digits.shape[1:], np.int64)
+    small = digits.dtype.itemsize == 1 and P * cell_bits <= 30 - 8 + cell_bits
+    acc = digits[P - 1].astype(np.int32 if small else np.int64)
+    for p in range(P - 2, -1, -1):
+        acc <<= cell_bits
+        acc += digits[p]
+    return acc.astype(np.int64, copy=False)
 
 
 def rebuild_matrix(program: LayerProgram, groups: int, rows: int, cols: int,

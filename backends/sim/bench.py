@@ -46,7 +46,7 @@ def _random_feeds(graph: onnx.ModelProto, n: int, seed: int) -> list[dict[str, n
 def bench_sim(model_or_bundle, target: str = "sme", *, feeds: list[dict] | None = None, samples: int = 2,
               modes: tuple[str, ...] = ("bit-serial", "ideal"), exhaustive: bool = False, threads: int = 1,
               pipeline: str | None = None, model: onnx.ModelProto | str | None = None, seed: int = 0,
-              print_fn: Callable[[str], None] | None = None) -> dict:
+              adc_bits: int | None = None, print_fn: Callable[[str], None] | None = None) -> dict:
     """Time the simulator against onnxruntime; returns a dict with ``rows`` (one per mode).
 
     ``model_or_bundle``: an ONNX model (compiled here for ``target``) or a bundle path /
@@ -97,7 +97,8 @@ def bench_sim(model_or_bundle, target: str = "sme", *, feeds: list[dict] | None 
             out["ort_ms_per_image"] = round(ort_ms, 3)
         runs = [(m, False) for m in modes] + ([("bit-serial", True)] if exhaustive else [])
         t0 = time.perf_counter()
-        sim = Simulator(b, mode=runs[0][0] if runs else "auto", threads=threads)
+        sim = Simulator(b, mode=runs[0][0] if runs else "auto", threads=threads, adc_bits=adc_bits)
+        out["adc_bits"] = adc_bits if adc_bits is not None else b.target.get("adc_bits")
         prep = time.perf_counter() - t0
         out["prepare_s"] = round(prep, 3)
         for mode, ex in runs:
@@ -134,7 +135,8 @@ def bench_sim(model_or_bundle, target: str = "sme", *, feeds: list[dict] | None 
 
 
 def format_rows(rep: dict) -> str:
-    lines = [f"simulator vs onnxruntime ({rep.get('target')}, {rep.get('samples')} images, {rep.get('threads')} thread(s))"]
+    lines = [f"simulator vs onnxruntime ({rep.get('target')}, ADC {rep.get('adc_bits')} bits, {rep.get('samples')} images, "
+             f"{rep.get('threads')} thread(s))"]
     ort = rep.get("ort_ms_per_image")
     lines.append(f"  onnxruntime float model: {ort:.2f} ms/image" if ort is not None else "  onnxruntime: n/a (no float model)")
     for r in rep.get("rows", []):
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--exhaustive", action="store_true", help="also time the literal per-cycle model")
+    ap.add_argument("--adc-bits", type=int, default=None, help="simulate ADCs of this many bits")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="target override KEY=VALUE")
     args = ap.parse_args(argv)
     if args.model.endswith(".onnx"):
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
         target = targets.load(args.target, args.overrides)
     rep = bench_sim(proto, target, samples=args.samples, threads=args.threads, exhaustive=args.exhaustive,
-                    print_fn=print)
+                    adc_bits=args.adc_bits, print_fn=print)
     print(f"  compile {rep.get('compile_s')} s, read bundle {rep.get('read_s')} s")
     return 0
 

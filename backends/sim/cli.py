@@ -10,6 +10,7 @@ several samples, simulated one by one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -181,7 +182,12 @@ def simulate_cmd(bundle, input_npy, inputs_npz, images, n_random, seed, compare,
     reporter.close()
     if compare:
         proto, mpath = runner.find_model(b, model)
-        cmp = runner.compare(sim, feeds, model=proto)
+        want = (b.mapping.get("model") or {}).get("sha256")
+        if model is not None and want and hashlib.sha256(Path(model).read_bytes()).hexdigest() != want:
+            click.echo(f"note: {model} is not the model file this bundle was compiled from (sha256 differs); "
+                       f"comparing anyway", err=True)
+        cmp = runner.compare(sim, feeds, model=proto, progress=reporter.update)
+        reporter.close()
         res = cmp.sim
         cmp.model_path = mpath or model
     if output:

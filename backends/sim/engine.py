@@ -52,7 +52,7 @@ Conversion counts are exact in every mode; clip counts are exact in ``bit-serial
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -222,7 +222,6 @@ class KernelInfo:
     columns_may_clip: int               # used columns whose largest possible chunk sum > 2**adc-1
     chunks_may_clip: int
     matmul_dtype: str
-    extra: dict = field(default_factory=dict)
 
 
 class CrossbarKernel:
@@ -253,6 +252,7 @@ class CrossbarKernel:
         self.dac = int(sp.dac_bits)
         self.dmax = (1 << self.dac) - 1
         self.n_d = math.ceil(sp.input_bits / self.dac)
+        self._dshift = (np.arange(self.n_d) * self.dac).astype(np.int32)
         self.qmax = (1 << sp.input_bits) - 1
 
         # --- the matrix the cells store (ideal ADC), and the exact matmul dtype ---------
@@ -267,6 +267,7 @@ class CrossbarKernel:
             self.dtype = np.float64
             self.parts = [(0, R)]
         self.M = M.astype(self.dtype)
+        self.MT = np.ascontiguousarray(self.M.transpose(0, 2, 1))            # [G, C, R]
         self.depthwise = C == 1
         wm = to_matrix(sp.kind, np.asarray(sp.w_int, dtype=np.int64), G, sp.attrs)
         self.colsum = wm.sum(axis=1).reshape(-1).astype(np.float64)   # [Cout]
@@ -370,6 +371,20 @@ class CrossbarKernel:
     def run(self, x: np.ndarray, *, record: bool = False, out_dtype=np.float32) -> LayerRun:
         sp = self.spec
         xq = quantize_input(x, sp.x_scale, sp.x_zero_point, sp.input_bits)
+        direct = None
+        if not self.exhaustive and (self.mode == "ideal" or not self.F):
+            direct = self._direct(xq)
+        if direct is not None:                       # NCHW result, no im2col (same integers)
+            acc, P = direct
+            clipped = 0
+            view = (1, -1) + (1,) * (acc.ndim - 2)
+            y = np.multiply(acc, self.out_scale.reshape(view), dtype=np.float64)
+            y += self.out_shift.reshape(view)
+            run = LayerRun(y=y.astype(out_dtype), conversions=self.conv_per_vector * P, clipped=0)
+            if record:
+                run.acc = np.rint(acc).astype(np.int64)
+                run.xq = xq
+            return run
         patches, finish = self._patches(xq, float(sp.x_zero_point))
         P = patches.shape[1]
         if self.exhaustive:
@@ -389,6 +404,54 @@ class CrossbarKernel:
             run.xq = xq
         return run
 
+    def _direct(self, xq: np.ndarray):
+        """``xq @ M`` for a Conv without im2col, in the output's NCHW layout, where that is cheaper:
+        1x1 convs (stride 1, no padding) as ``M^T @ x`` per group, and convs with one output per
+        group (depthwise) as a sum of ``R`` shifted, channel-scaled views of the padded input.
+        Returns ``(acc [N, Cout, O...], positions)`` or None. Same exact integers as :meth:`_ideal`
+        (the same row parts bound every partial sum)."""
+        sp = self.spec
+        if sp.kind != "conv" or xq.ndim != len(sp.weight_shape) or xq.shape[1] != sp.weight_shape[1] * sp.groups:
+            return None
+        G, R, C = self.G, self.R, self.C
+        N, Cin = xq.shape[:2]
+        geom = conv_geometry("conv", sp.attrs, tuple(sp.weight_shape), xq.shape[2:])
+        out = geom.out_shape
+        if any(o <= 0 for o in out):
+            return None
+        P = N * int(np.prod(out, dtype=np.int64))
+        Cg = Cin // G
+        pt = xq if self.dtype == np.float32 else xq.astype(self.dtype)
+        if all(k == 1 for k in geom.kshape) and all(st == 1 for st in geom.strides) \
+                and not any(geom.pads_begin) and not any(geom.pads_end):
+            xg = pt.reshape(N, G, Cg, -1)                                        # [N, G, R, S]
+            acc = None
+            for a, b in self.parts:
+                part = np.matmul(self.MT[:, :, a:b], xg[:, :, a:b])              # [N, G, C, S]
+                acc = part if len(self.parts) == 1 else (part.astype(np.float64) if acc is None else acc + part)
+            return acc.reshape((N, G * C) + tuple(out)), P
+        if C != 1:
+            return None
+        padw = [(0, 0), (0, 0)] + [(max(0, b), max(0, e)) for b, e in zip(geom.pads_begin, geom.pads_end)]
+        if any(b < 0 or e < 0 for b, e in zip(geom.pads_begin, geom.pads_end)):
+            return None
+        xp = np.pad(pt, padw, mode="constant", constant_values=float(sp.x_zero_point)) \
+            if any(p != (0, 0) for p in padw) else pt
+        xp = xp.reshape((N, G, Cg) + xp.shape[2:])
+        Mv = self.M[:, :, 0]                                                     # [G, R], rows (c, k...)
+        acc = None
+        for a, b in self.parts:
+            part = np.zeros((N, G) + tuple(out), self.dtype)
+            for r in range(a, b):
+                c, kk = divmod(r, int(np.prod(geom.kshape)))
+                kidx = np.unravel_index(kk, geom.kshape)
+                sl = tuple(slice(k * d, k * d + (o - 1) * st + 1, st)
+                           for k, d, o, st in zip(kidx, geom.dilations, out, geom.strides))
+                w = Mv[:, r].reshape((1, G) + (1,) * len(out))
+                part += xp[(slice(None), slice(None), c) + sl] * w
+            acc = part if len(self.parts) == 1 else (part.astype(np.float64) if acc is None else acc + part)
+        return acc, P
+
     def _ideal(self, patches: np.ndarray) -> np.ndarray:
         """``xq @ M`` per group -> [P, G*C] (exact integers: every partial sum of a row part
         fits the float type's mantissa; parts are added in float64)."""
@@ -407,89 +470,114 @@ class CrossbarKernel:
             acc = part.astype(np.float64) if acc is None else acc + part
         return acc
 
+    def _slices(self, xin: np.ndarray) -> np.ndarray:
+        """Integer inputs ``[..., P]`` -> DAC slices of every cycle side by side, float32
+        ``[..., n_d * P]`` (column ``d*P + p`` is cycle ``d`` of position ``p``), so that one
+        matmul computes the column sums of all cycles."""
+        sh = (xin[..., None, :] >> (self._dshift[:, None])) & self.dmax          # [..., n_d, P]
+        return sh.astype(np.float32).reshape(xin.shape[:-1] + (-1,))
+
     def _correct(self, patches: np.ndarray, acc: np.ndarray):
-        """Subtract the clipped part ``sum 2**(d*dac) * w * max(s - L, 0)`` where conversions clip."""
+        """Subtract the clipped part ``sum 2**(d*dac) * w * max(s - L, 0)`` where conversions clip.
+
+        Per block of flagged chunks, all DAC cycles at once: the data bound ``slices @ rowmax``
+        finds the (chunk, cycle, position) triples that could clip; their exact column sums are
+        computed (for whole chunks when many triples could clip, else only for those triples),
+        and only the conversions that really clip are scattered into the correction.
+        """
         P = patches.shape[1]
         GC = self.G * self.C
         L = float(self.L)
         corr = np.zeros(P * GC, np.float64)
         clipped = 0
-        F, ra, Cx = self.F, self.ra, self.Cx
-        fb = max(1, _BLOCK // max(1, ra * max(P, Cx)))
+        F, ra, Cx, nd = self.F, self.ra, self.Cx, self.n_d
+        wd = np.exp2(self._dshift.astype(np.float64))                              # 2**(d*dac)
+
+        def scatter(q, jj, f, ex):
+            d, pp = np.divmod(q, P)
+            idx = pp * GC + self.f_tgt[f, jj]
+            val = ex * wd[d] * self.f_wsp[f, jj]
+            if len(idx) * 8 < P * GC:
+                np.add.at(corr, idx, val)
+            else:
+                corr[:] += np.bincount(idx, weights=val, minlength=P * GC)
+
+        fb = max(1, _BLOCK // max(1, ra * nd * max(P, Cx)))
         for f0 in range(0, F, fb):
             f1 = min(F, f0 + fb)
             xin = patches[self.f_g[f0:f1], :, self.f_r[f0:f1]]           # [f, ra, P]
             xin = np.where(self.f_used[f0:f1, :, None], xin, 0).astype(np.int32)
-            rowmax = self.f_rowmax[f0:f1, None, :]                       # [f, 1, ra]
+            sl = self._slices(xin)                                       # [f, ra, nd*P]
+            hit = np.matmul(self.f_rowmax[f0:f1, None, :], sl)[:, 0, :] > L   # [f, nd*P]: may clip
+            if not hit.any():
+                continue
             cT = self.cells[self.f_x[f0:f1, None], self.f_rows[f0:f1]].transpose(0, 2, 1).astype(np.float32)
-            for d in range(self.n_d):
-                sl = ((xin >> (d * self.dac)) & self.dmax).astype(np.float32)
-                bound = np.matmul(rowmax, sl)[:, 0, :]                   # [f, P]
-                hit = bound > L
-                if not hit.any():
-                    continue
-                w = float(1 << (d * self.dac))
-                if hit.mean() > 0.125:                                   # dense: all positions
-                    bs = max(1, _BLOCK // max(1, Cx * P))
-                    for g0 in range(0, f1 - f0, bs):
-                        g1 = min(f1 - f0, g0 + bs)
-                        s = np.matmul(cT[g0:g1], sl[g0:g1])              # [b, Cx, P]
-                        ex = np.maximum(s - L, 0.0)
-                        ex *= self.f_colmask[f0 + g0:f0 + g1, :, None]
-                        clipped += int(np.count_nonzero(ex))
-                        idx = np.arange(P)[None, None, :] * GC + self.f_tgt[f0 + g0:f0 + g1, :, None]
-                        val = ex * (w * self.f_wsp[f0 + g0:f0 + g1, :, None])
-                        corr += np.bincount(idx.ravel(), weights=val.ravel(), minlength=P * GC)
-                else:
-                    fi, pi = np.nonzero(hit)
-                    starts = np.flatnonzero(np.r_[True, fi[1:] != fi[:-1]])
-                    ends = np.r_[starts[1:], len(fi)]
-                    idxs, vals = [], []
-                    for a, b in zip(starts, ends):
-                        f = fi[a]
-                        pp = pi[a:b]
-                        s = cT[f] @ sl[f][:, pp]                         # [Cx, n]
-                        ex = np.maximum(s - L, 0.0) * self.f_colmask[f0 + f][:, None]
-                        nz = ex > 0
-                        if not nz.any():
-                            continue
-                        jj, kk = np.nonzero(nz)
+            chunks = np.flatnonzero(hit.any(1))
+            if hit[chunks].mean() > 0.125:                               # dense over those chunks
+                bs = max(1, _BLOCK // max(1, Cx * nd * P))
+                for g0 in range(0, len(chunks), bs):
+                    blk = chunks[g0:g0 + bs]
+                    sums = np.matmul(cT[blk], sl[blk])                   # [b, Cx, nd*P] column sums
+                    n_clip = int(np.count_nonzero(sums > L))
+                    if not n_clip:
+                        continue
+                    clipped += n_clip
+                    sums -= L
+                    np.maximum(sums, 0, out=sums)                        # the clipped excess
+                    ex = np.zeros((len(blk), Cx, P), np.float64)
+                    for d in range(nd):
+                        ex += wd[d] * sums[:, :, d * P:(d + 1) * P]
+                    ex *= self.f_wsp[f0 + blk][:, :, None]
+                    idx = np.arange(P)[None, None, :] * GC + self.f_tgt[f0 + blk][:, :, None]
+                    corr += np.bincount(idx.ravel(), weights=ex.ravel(), minlength=P * GC)
+            else:                                                        # only the triples that may clip
+                fi, qi = np.nonzero(hit)
+                starts = np.flatnonzero(np.r_[True, fi[1:] != fi[:-1]])
+                ends = np.r_[starts[1:], len(fi)]
+                for a, b in zip(starts, ends):
+                    f = fi[a]
+                    qq = qi[a:b]
+                    sums = cT[f] @ sl[f][:, qq]                          # [Cx, n]
+                    jj, kk = np.nonzero(sums > L)
+                    if len(jj):
                         clipped += len(jj)
-                        idxs.append(pp[kk] * GC + self.f_tgt[f0 + f][jj])
-                        vals.append(ex[jj, kk] * w * self.f_wsp[f0 + f][jj])
-                    if idxs:
-                        corr += np.bincount(np.concatenate(idxs), weights=np.concatenate(vals), minlength=P * GC)
+                        scatter(qq[kk], jj, np.full(len(jj), f0 + f), sums[jj, kk] - L)
         return acc.astype(np.float64) - corr.reshape(P, GC), clipped
 
     def _exhaustive(self, patches: np.ndarray):
-        """The literal model: every crossbar, DAC cycle and row chunk; ADC per conversion."""
+        """The literal model: every crossbar, DAC cycle and row chunk; ADC per conversion.
+
+        One batched matmul per block of crossbars computes the column sums of every cycle and
+        chunk (:meth:`_slices`). Unused columns hold no programmed cell (checked when the matrix
+        is built), so their sums are 0 and never clip."""
         P = patches.shape[1]
         G, R, C = self.G, self.R, self.C
         GC = G * C
-        X, K, ra, Cx = self.X, self.K, self.ra, self.Cx
-        L = float(self.L)
+        X, K, ra, Cx, nd = self.X, self.K, self.ra, self.Cx, self.n_d
+        L = self.L
         acc = np.zeros(P * GC, np.float64)
         clipped = 0
-        if X:
-            xb = max(1, _BLOCK // max(1, K * max(ra, Cx) * P))
-            cells = self.cells.astype(np.float32)
-            for x0 in range(0, X, xb):
-                x1 = min(X, x0 + xb)
-                n = x1 - x0
-                xin = patches[self.gidx[x0:x1], :, self.ridx[x0:x1]]            # [n, Rp, P]
-                xin = np.where(self.used_row[x0:x1, :, None], xin, 0).astype(np.int32)
-                cT = np.ascontiguousarray(cells[x0:x1].reshape(n, K, ra, Cx).transpose(0, 1, 3, 2))
-                t = np.zeros((n, Cx, P), np.float64)
-                for d in range(self.n_d):
-                    sl = ((xin >> (d * self.dac)) & self.dmax).astype(np.float32).reshape(n, K, ra, P)
-                    s = np.matmul(cT, sl)                                        # [n, K, Cx, P]
-                    over = (s > L) & self.used_col[x0:x1, None, :, None]
-                    clipped += int(np.count_nonzero(over))
-                    np.minimum(s, L, out=s)
-                    t += float(1 << (d * self.dac)) * s.sum(1, dtype=np.float64)
-                t *= self.wsp[x0:x1, :, None]
-                idx = np.arange(P)[None, None, :] * GC + self.tgt[x0:x1, :, None]
-                acc += np.bincount(idx.ravel(), weights=t.ravel(), minlength=P * GC)
+        # spliced partial sums per column stay exact in float32 below 2**24
+        tdt = np.float32 if ((1 << (nd * self.dac)) - 1) * K * L < F32_EXACT else np.float64
+        xb = max(1, _BLOCK // max(1, K * max(ra, Cx) * nd * P))
+        for x0 in range(0, X, xb):
+            x1 = min(X, x0 + xb)
+            n = x1 - x0
+            xin = patches[self.gidx[x0:x1], :, self.ridx[x0:x1]]                # [n, Rp, P]
+            xin = np.where(self.used_row[x0:x1, :, None], xin, 0).astype(np.int32)
+            sl = self._slices(xin).reshape(n, K, ra, nd * P)
+            cT = np.ascontiguousarray(self.cells[x0:x1].reshape(n, K, ra, Cx).transpose(0, 1, 3, 2),
+                                      dtype=np.float32)                          # [n, K, Cx, ra]
+            s = np.matmul(cT, sl)                                                # [n, K, Cx, nd*P]
+            clipped += int(np.count_nonzero(s > L))
+            np.minimum(s, L, out=s)                                              # the ADC
+            red = s[:, 0] if K == 1 else s.sum(1, dtype=tdt)                     # [n, Cx, nd*P]
+            t = np.zeros((n, Cx, P), tdt)
+            for d in range(nd):
+                t += float(1 << (d * self.dac)) * red[:, :, d * P:(d + 1) * P]
+            t = t.astype(np.float64) * self.wsp[x0:x1, :, None]
+            idx = np.arange(P)[None, None, :] * GC + self.tgt[x0:x1, :, None]
+            acc += np.bincount(idx.ravel(), weights=t.ravel(), minlength=P * GC)
         acc = acc.reshape(P, GC)
         if self.offset:
             xsum = patches.astype(np.float64).sum(-1)                              # [G, P]
@@ -519,35 +607,59 @@ def row_parts(M: np.ndarray, qmax: int) -> list[tuple[int, int]] | None:
 
 
 def cells_matrix(p, G: int, R: int, C: int) -> np.ndarray:
-    """The integer matrix ``[G, R, C]`` the cells store (what ``xbc.layer.rebuild_matrix``
-    gives, offset included): one ``bincount`` over the programmed cells per block of crossbars,
-    weighted by ``col_sign * 2**col_shift`` (exact integers in float64)."""
+    """The integer matrix ``[G, R, C]`` the cells store (what ``xbc.layer.rebuild_matrix`` gives,
+    offset included), computed from the cells block by block of crossbars:
+
+    1. the physical columns of each crossbar are numbered by their distinct output columns
+       (local target ids, vectorized with a sort per crossbar);
+    2. ``Z[x] = cells[x] @ S[x]`` with ``S[x][j, t] = col_sign * 2**col_shift`` when column ``j``
+       feeds local target ``t`` (one batched float32 matmul; every entry of ``Z`` is a partial
+       integer weight, exact below 2**24);
+    3. ``Z`` is added into ``M`` at (row, target) with one ``bincount`` (float64, exact).
+
+    A programmed cell on an unused row or column, or joining a row and a column of different
+    groups, is a :class:`~xbc.errors.BundleError`.
+    """
     X, Rx, Cx = p.cells.shape
     n = G * R * C
-    out = np.zeros(n, np.float64)
-    used_r = (p.row_group >= 0).reshape(-1)
-    used_c = (p.col_sign != 0).reshape(-1)
-    rg = np.asarray(p.row_group, np.int64).reshape(-1)
-    cg = np.asarray(p.col_group, np.int64).reshape(-1)
-    rowbase = np.where(used_r, (rg * R + np.asarray(p.row_index, np.int64).reshape(-1)) * C, 0)
-    colidx = np.asarray(p.col_index, np.int64).reshape(-1)
-    wsp = np.asarray(p.col_sign, np.float64).reshape(-1) * np.exp2(np.asarray(p.col_shift, np.float64).reshape(-1))
-    cells = p.cells.reshape(-1)
-    step = max(1, (1 << 24) // max(1, Rx * Cx)) * Rx * Cx
-    for f0 in range(0, cells.size, step):
-        c = cells[f0:f0 + step]
-        flat = np.flatnonzero(c)
-        if not flat.size:
-            continue
-        val = c[flat].astype(np.float64)
-        flat += f0
-        q, j = np.divmod(flat, Cx)                         # q = x*Rx + i
-        xc = q // Rx * Cx + j                              # x*Cx + j
-        if not (used_r[q].all() and used_c[xc].all() and np.array_equal(rg[q], cg[xc])):
-            raise BundleError("a programmed cell sits on an unused row or column, or joins a row and a "
-                              "column of different groups")
-        out += np.bincount(rowbase[q] + colidx[xc], weights=val * wsp[xc], minlength=n)
-    M = np.rint(out).astype(np.int64).reshape(G, R, C)
+    out = np.zeros(n + 1, np.float64)                     # bin n: unused rows / columns
+    if X == 0:
+        return np.zeros((G, R, C), np.int64) - int(p.offset)
+    used_r = p.row_group >= 0
+    used_c = p.col_sign != 0
+    rgi = np.asarray(p.row_group, np.int64)
+    # index of M[g, r, c] = (g*R + r)*C + c = rowbase + t with t = g*C + c the output column
+    rowbase = np.where(used_r, (rgi * R + np.asarray(p.row_index, np.int64)) * C - rgi * C, n)
+    tgt = np.where(used_c, np.asarray(p.col_group, np.int64) * C + p.col_index, -1)
+    wsp = np.where(used_c, np.asarray(p.col_sign, np.float32) * np.exp2(np.asarray(p.col_shift, np.float32)),
+                   np.float32(0)).astype(np.float32)
+    order = np.argsort(tgt, axis=1, kind="stable")
+    st = np.take_along_axis(tgt, order, 1)
+    first = np.ones_like(st, bool)
+    first[:, 1:] = st[:, 1:] != st[:, :-1]
+    lid_sorted = np.cumsum(first, axis=1) - 1
+    lid = np.empty_like(lid_sorted)
+    np.put_along_axis(lid, order, lid_sorted, 1)           # local target id of each column
+    T = int(lid_sorted[:, -1].max()) + 1
+    tval = np.full((X, T), -1, np.int64)
+    np.put_along_axis(tval, lid, tgt, 1)                   # output column of each local id
+    ok_t = tval >= 0
+    tval = np.where(ok_t, tval, 0)
+    step = max(1, (1 << 22) // max(1, Rx * max(Cx, T)))
+    for x0 in range(0, X, step):
+        x1 = min(X, x0 + step)
+        c = p.cells[x0:x1]
+        if c[~used_r[x0:x1]].any() or (c * ~used_c[x0:x1, None, :]).any():
+            raise BundleError("a programmed cell sits on an unused row or column")
+        if G > 1 and ((c != 0) & (p.row_group[x0:x1, :, None] != p.col_group[x0:x1, None, :])).any():
+            raise BundleError("a programmed cell joins a row and a column of different groups")
+        S = np.zeros((x1 - x0, Cx, T), np.float32)
+        S[np.arange(x1 - x0)[:, None], np.arange(Cx)[None, :], lid[x0:x1]] = wsp[x0:x1]
+        Z = np.matmul(c.astype(np.float32), S)                                   # [b, Rx, T]
+        idx = np.where(ok_t[x0:x1, None, :] & (rowbase[x0:x1, :, None] < n),
+                       rowbase[x0:x1, :, None] + tval[x0:x1, None, :], n)
+        out += np.bincount(idx.reshape(-1), weights=Z.reshape(-1), minlength=n + 1)
+    M = np.rint(out[:n]).astype(np.int64).reshape(G, R, C)
     if p.offset:
         M -= int(p.offset)
     return M

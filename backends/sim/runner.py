@@ -541,7 +541,7 @@ class _Fidelity:
 
 
 def compare(bundle_or_path, feeds, *, model=None, mode: str = "auto", adc_bits: int | None = None,
-            exhaustive: bool = False, threads: int = 1) -> CompareResult:
+            exhaustive: bool = False, threads: int = 1, progress=None) -> CompareResult:
     """Simulate ``feeds`` and compare with onnxruntime on the original float model.
 
     Samples are streamed: per-layer statistics are accumulated sample by sample (SQNR and cosine
@@ -562,7 +562,9 @@ def compare(bundle_or_path, feeds, *, model=None, mode: str = "auto", adc_bits: 
     top: dict[str, list[int]] = {}
     lay_fid = {lid: _Fidelity() for lid in layer_tensor}
     results, refs = [], []
-    for f in feeds_list:
+    for i, f in enumerate(feeds_list):
+        if progress is not None:
+            progress("simulate+compare", i, len(feeds_list))
         r = sim.run(f)
         ref = dict(zip(names, sess.run(names, {k: v for k, v in f.items() if k in in_names})))
         for name, got in r.outputs.items():
