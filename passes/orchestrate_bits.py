@@ -129,9 +129,13 @@ def naf_masks(w: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
     planes), unsigned, same shape as ``w``."""
     w = np.asarray(w)
     dt = _mask_dtype(planes)
-    n = np.abs(w.astype(np.int64, copy=False))
-    if planes <= 29 and n.size and int(n.max()) < (1 << planes):   # then every mask fits 30 bits
-        n = n.astype(np.int32)
+    if w.dtype.kind in "iu" and w.dtype.itemsize <= 4 and planes <= 29 and w.size and \
+            -(1 << 30) < int(w.min()) and int(w.max()) < (1 << 30):
+        n = np.abs(w.astype(np.int32, copy=False))                  # every mask fits 31 bits
+    else:
+        n = np.abs(w.astype(np.int64, copy=False))
+        if planes <= 29 and n.size and int(n.max()) < (1 << planes):   # then every mask fits 30 bits
+            n = n.astype(np.int32)
     h = n >> 1
     t = n + h
     c = h ^ t
@@ -216,6 +220,25 @@ def recode(w: np.ndarray, cell_bits: int, planes: int, signed: bool) -> np.ndarr
     if not ok.all():
         raise ValueError(f"values need more than {planes} signed digits of {cell_bits} bits")
     return d.reshape((planes,) + w.shape)
+
+
+def recoded_support_masks(w: np.ndarray, cell_bits: int, planes: int, signed: bool) -> np.ndarray:
+    """:func:`xbc.passes.reorder.support_mask` of ``recode(w)`` per group (``w`` ``[G, R, C]``),
+    straight from the values for ``cell_bits = 1`` (NAF / sign-magnitude bit patterns)."""
+    from .reorder import support_mask  # noqa: PLC0415
+    if cell_bits != 1:
+        return support_mask(recode(w, cell_bits, planes, signed))
+    w = np.asarray(w)
+    if signed:
+        pm, nm = naf_masks(w, planes)
+    else:
+        n = np.abs(w.astype(np.int64, copy=False))
+        if np.any(n >> planes):
+            raise ValueError(f"weights need more than {planes} planes of {cell_bits} bits")
+        dp = _mask_dtype(planes)
+        pm, nm = np.where(w > 0, n, 0).astype(dp), np.where(w < 0, n, 0).astype(dp)
+    dt = _mask_dtype(2 * planes)
+    return np.ascontiguousarray(pm.astype(dt) | (nm.astype(dt) << dt.type(planes)))
 
 
 def digit_count_table(qmax: int, cell_bits: int, planes: int, signed: bool) -> np.ndarray:
@@ -388,6 +411,7 @@ class _Clearer:
         self.s2flat = s2u.reshape(-1)
         self.VB = self.B ** self.P            # |every table value| < VB
         self._tables: dict = {}
+        self._wt = None
 
     def _table(self, ekey: int):
         """Table of one key (``(p << 2P | mask) << 5 | limit``, see :meth:`evaluate`) with its
@@ -402,6 +426,10 @@ class _Clearer:
             P = self.P
             k = ekey >> 5
             vals, digs, cnt = limited_table(self.cb, int(k >> (2 * P)), int(k & ((1 << (2 * P)) - 1)), int(ekey & 31))
+            if self.VB > self.DENSE_MAX:
+                tb = (vals.astype(np.float64), cnt, digs, None, None, None, None, None, len(vals))
+                self._tables[ekey] = tb
+                return tb
             lt = np.searchsorted(vals, np.arange(-self.VB, self.VB + 2, dtype=np.int64), side="left")
             n = len(vals)
             vpad = np.concatenate([[-np.inf], vals.astype(np.float64), [np.inf]])
@@ -438,11 +466,26 @@ class _Clearer:
 
     SUB = 1024  # candidates per block of entries in :meth:`_cost_all_planes` (cache-sized temporaries)
 
+    DENSE_MAX = 1 << 12   # dense lookup tables while B**P <= this (else binary search)
+
+    def _weight_tables(self):
+        """Per weight (flat unit layout), for :meth:`_cost_all_planes`: the clipped target ``x``,
+        ``ceil(x) + VB`` and, per unit, whether some ``x`` lies within ``2**-20`` above an integer
+        (where the concatenated search's rounded key ``x + off`` can cross it)."""
+        if self._wt is None:
+            x = np.clip(self.Tu, -self.qmax, self.qmax)
+            cx = np.ceil(x)
+            tiny = ((cx - x) > 1.0 - 2.0 ** -20).any(axis=-1).reshape(-1)   # x - floor(x) in (0, 2**-20)
+            self._wt = (x.reshape(-1), (cx.astype(np.int64) + self.VB).reshape(-1), tiny)
+        return self._wt
+
     def _cost_all_planes(self, g, b, c, p, s, N):
         """:meth:`evaluate`'s cost for ``compensate=all`` (no digits are kept, ``H = 0``), the same
         numbers: the batch's tables are numbered as there (sorted keys), each entry's two
-        neighbours are read from the dense tables of :meth:`_table`, and the entries are
-        processed in blocks of :attr:`SUB` candidates so the temporaries stay in cache."""
+        neighbours are read from the dense tables of :meth:`_table` at ``ceil(x)`` (at
+        ``ceil(x + off) - off``, as the concatenated search rounds, in blocks where that can
+        differ), an infeasible entry makes the sum infinite, and the entries are processed in
+        blocks of :attr:`SUB` candidates so the temporaries stay in cache."""
         K = len(g)
         G, nb, C, S, P = self.Du.shape
         key, Nk = self._allowed_keys(g, b, c, p, s, N)
@@ -458,42 +501,49 @@ class _Clearer:
         SPAN = float(4 * self.B ** P + 4 * self.qmax + 8)
         unit = (g.astype(np.int64) * nb + b) * C + c
         s2c = self.s2flat[g.astype(np.int64) * C + c]
+        sgn = (1 - 2 * s).astype(np.int8)
+        Xc, CX, tiny_u = self._weight_tables()
+        tiny_c = tiny_u[unit]
+        invW = invc * W
         Tf, Vf = self.Tu.reshape(-1), self.Vu.reshape(-1)
         cost = np.empty(K)
         for a in range(0, K, self.SUB):
             sl = slice(a, a + self.SUB)
             k = len(g[sl])
             dp = self.Du[g[sl], b[sl], c[sl], :, p[sl]]                # [k, S]
-            match = np.where(s[sl, None] == 0, dp > 0, dp < 0)
-            ek, ei = np.nonzero(match)
+            ek, ei = np.divmod(np.flatnonzero(dp * sgn[sl, None] > 0), S)   # == np.nonzero, faster
             rows = unit[sl][ek] * S + ei
             t = Tf[rows]
             v = Vf[rows]
-            inv = invc[sl][ek]
-            x = np.clip(t, -self.qmax, self.qmax)
-            off = inv * SPAN
-            # the concatenated search's key x + off is rounded: ceil(x + off) - off, not ceil(x)
-            ci = np.ceil(x + off)
-            ci -= off
-            np.clip(ci, -self.VB, self.VB + 1, out=ci)
-            idx = ci.astype(np.int64)
-            idx += inv * W + self.VB
-            vl = left[idx]                     # < x (or -inf): |x - vl| = x - vl
-            vr = right[idx]
-            dl = x - vl
-            dr = np.where(vr >= x, vr - x, np.inf)
+            x = Xc[rows]
+            if tiny_c[sl].any():
+                off = invc[sl][ek] * SPAN
+                ci = np.ceil(x + off)
+                ci -= off
+                np.clip(ci, -self.VB, self.VB + 1, out=ci)
+                idx = ci.astype(np.int64)
+                idx += invW[sl][ek] + self.VB
+                vl = left[idx]
+                vr = right[idx]
+                dr = np.where(vr >= x, vr - x, np.inf)
+            else:                              # ceil(x + off) - off == ceil(x) <= right neighbour
+                idx = CX[rows]
+                idx += invW[sl][ek]
+                vl = left[idx]
+                vr = right[idx]
+                dr = vr - x
+            dl = x - vl                        # vl < x (or -inf)
             take_r = dr < dl
-            tie = np.flatnonzero((dr == dl) & np.isfinite(dl))
+            tie = np.flatnonzero(dr == dl)     # (both infinite: infeasible, any choice)
             if len(tie):
                 if cl is None:
                     cl = np.concatenate([tb[6] for tb in tabs])
                     cr = np.concatenate([tb[7] for tb in tabs])
                 take_r[tie] = cr[idx[tie]] < cl[idx[tie]]
-            feasible = np.isfinite(np.minimum(dl, dr))
-            newv = np.where(feasible, np.where(take_r, vr, vl), v).astype(np.int64)
+            newv = np.where(take_r, vr, vl)    # +-inf where infeasible: the sum is not finite
             ecost = s2c[sl][ek] * ((t - newv) ** 2 - (t - v) ** 2)
             cst = np.bincount(ek, weights=ecost, minlength=k)
-            cst[np.bincount(ek, weights=(~feasible).astype(np.float64), minlength=k) > 0] = np.inf
+            cst[~np.isfinite(cst)] = np.inf
             cost[sl] = cst
         return cost
 
@@ -510,14 +560,15 @@ class _Clearer:
         are integers), read from the dense rank array of :meth:`_table` instead of a binary
         search over the batch.
         """
-        if cost_only and self.all_planes:
+        dense = self.VB <= self.DENSE_MAX
+        if cost_only and self.all_planes and dense:
             return self._cost_all_planes(g, b, c, p, s, N), None, None, None, None
         K = len(g)
         P, B = self.P, self.B
         G, nb, C, S, _ = self.Du.shape
         dp = self.Du[g, b, c, :, p]                # [K, S]
         match = np.where(s[:, None] == 0, dp > 0, dp < 0)
-        ek, ei = np.nonzero(match)
+        ek, ei = np.divmod(np.flatnonzero(match), S)
         unit = (g.astype(np.int64) * nb + b) * C + c
         rows = unit[ek] * S + ei
         pe = p[ek]
@@ -549,12 +600,15 @@ class _Clearer:
         tid = np.repeat(np.arange(len(tabs)), sizes)
         allv = np.concatenate([tb[0] for tb in tabs])
         allc = np.concatenate([tb[1] for tb in tabs])
-        rank = np.stack([tb[3] for tb in tabs]) + (np.cumsum(sizes) - sizes)[:, None]
         x = np.clip(t, -self.qmax, self.qmax) - H
         lo, hi = -self.qmax - H, self.qmax - H
         off = inv * SPAN
-        ci = np.clip(np.ceil(x + off) - off, -self.VB, self.VB + 1).astype(np.int64) + self.VB
-        j = rank[inv, ci]                           # == np.searchsorted(allv + tid * SPAN, x + off)
+        if dense:
+            rank = np.stack([tb[3] for tb in tabs]) + (np.cumsum(sizes) - sizes)[:, None]
+            ci = np.clip(np.ceil(x + off) - off, -self.VB, self.VB + 1).astype(np.int64) + self.VB
+            j = rank[inv, ci]                       # == np.searchsorted(allv + tid * SPAN, x + off)
+        else:
+            j = np.searchsorted(allv + tid * SPAN, x + off)
         jl = np.clip(j - 1, 0, len(allv) - 1)
         jr = np.clip(j, 0, len(allv) - 1)
         vl, vr = allv[jl], allv[jr]
@@ -662,17 +716,18 @@ def _unit_stats(pm: np.ndarray, nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _twos_complement_masks(Vu: np.ndarray, planes: int, mirror: bool):
     """:func:`two_complement_units` for ``cell_bits = 1`` as bit masks (pos, neg, fits)."""
-    v = -np.asarray(Vu, np.int64) if mirror else np.asarray(Vu, np.int64)
-    lo = v.min(axis=-1)
-    hi = v.max(axis=-1)
+    it = np.int32 if planes <= 29 else np.int64   # |v| <= 2**(planes-1)
+    v = -np.asarray(Vu, it) if mirror else np.asarray(Vu, it)
+    lo = v.min(axis=-1).astype(np.int64)
+    hi = v.max(axis=-1).astype(np.int64)
     k = np.zeros(lo.shape, np.int64)
     for kk in range(planes - 1, -1, -1):
         k = np.where((lo >= -(1 << kk)) & (hi <= (1 << kk) - 1), kk, k)
     fits = (lo >= -(1 << k)) & (hi <= (1 << k) - 1)
     dt = _mask_dtype(planes)
-    kw = np.where(fits, k, -1)[..., None]          # -1: no digits at all
+    kw = np.where(fits, k, -1).astype(it)[..., None]          # -1: no digits at all
     neg = v < 0
-    top = np.left_shift(1, np.maximum(kw, 0))
+    top = np.left_shift(it(1), np.maximum(kw, 0))
     pm = np.where(kw >= 0, np.where(neg, v + top, v), 0).astype(dt)   # < 2**k: only planes < k
     nm = np.where((kw >= 0) & neg, top, 0).astype(dt)                # -1 on plane k
     return (nm, pm, fits) if mirror else (pm, nm, fits)
@@ -683,6 +738,8 @@ def _binary_unit_forms(Vu0: np.ndarray, P: int, n_planes_sm: int, signed: bool, 
     """Step 1 for ``cell_bits = 1`` on bit masks (one bit per plane, positive and negative digits
     apart) in unit layout: the same forms, counts and choices as the digit arrays of the general
     path, at 1/P of the memory traffic. Returns the chosen digits ``[G, nb, C, S, P]`` int8."""
+    if P <= 29:       # |v| < 2**P: narrow integers halve the memory traffic
+        Vu0 = Vu0.astype(np.int32)
     n = np.abs(Vu0)
     if np.any(n >> n_planes_sm):
         raise ValueError(f"weights need more than {n_planes_sm} planes of 1 bits")
@@ -908,9 +965,8 @@ class OrchestrateBits(Pass):
             perm = L.row_perm
             if perm is None and self.pre_reorder:
                 from .reorder import choose_row_perm  # noqa: PLC0415
-                D0 = recode(V, cb, P, t.signed_digits)
-                perm, _ = choose_row_perm(D0, S, swap_rounds=self.pre_reorder_swaps)
-                del D0
+                perm, _ = choose_row_perm(None, S, swap_rounds=self.pre_reorder_swaps,
+                                          masks=recoded_support_masks(V, cb, P, t.signed_digits), planes=P)
             max_seg = self.max_segment_digits or S
             D, Vn, info = orchestrate_matrix(V, T, s, frozen, cell_bits=cb, planes=P, signed=t.signed_digits,
                                              qmax=qmax, segment_rows=S, perm=perm, max_digits=self.max_digits,

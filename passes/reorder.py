@@ -62,6 +62,26 @@ def row_support(digits_g: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X.transpose(2, 0, 1, 3).reshape(R, P * 2 * C))
 
 
+def feature_support(digits_g: np.ndarray) -> np.ndarray:
+    """``row_support(digits_g).T`` built directly: bool ``[P*2*C, R]`` (feature-major)."""
+    P, R, C = digits_g.shape
+    XT = np.empty((P, 2, C, R), bool)
+    XT[:, 0] = (digits_g > 0).transpose(0, 2, 1)
+    XT[:, 1] = (digits_g < 0).transpose(0, 2, 1)
+    return XT.reshape(P * 2 * C, R)
+
+
+def feature_support_mask(M: np.ndarray, P: int) -> np.ndarray:
+    """:func:`feature_support` from a :func:`support_mask` ``[R, C]`` (bit ``s*P + p``)."""
+    R, C = M.shape
+    XT = np.empty((P, 2, C, R), bool)
+    MT = M.T
+    for s in range(2):
+        for p in range(P):
+            XT[p, s] = (MT >> M.dtype.type(s * P + p)) & M.dtype.type(1)
+    return XT.reshape(P * 2 * C, R)
+
+
 def nonempty_count(X: np.ndarray, perm: np.ndarray, S: int) -> int:
     """Non-empty segments of one group's support ``X [R, F]`` in row order ``perm``."""
     R, F = X.shape
@@ -82,67 +102,98 @@ def _block_counts(Xf: np.ndarray, perm: np.ndarray, S: int) -> np.ndarray:
     return ind @ Xf
 
 
-def _swap_refine(X: np.ndarray, perm: np.ndarray, S: int, rounds: int,
-                 M: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Swap refinement (module docstring) of ``perm`` on the support ``X``; ``M`` its
-    :func:`support_mask`, for exact counting."""
-    R, F = X.shape
+def _swap_refine(X: np.ndarray | None, perm: np.ndarray, S: int, rounds: int,
+                 M: np.ndarray | None = None, XT: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Swap refinement (module docstring) of ``perm`` on the support ``X`` ``[R, F]`` (or its
+    feature-major transpose ``XT`` ``[F, R]``, cheaper to slice); ``M`` its
+    :func:`support_mask`, for exact counting.
+
+    Per round: block counts ``N = ind @ X`` and the joins ``X @ [N == 0]^T`` are float32 matrix
+    products of 0/1 matrices (exact below 2**24); the leave gain uses that ``N[b, f] == 1``
+    has exactly one row of block ``b`` with feature ``f`` (found directly)."""
+    if XT is None:
+        XT = X.T
+    F, R = XT.shape
     nb = -(-R // S)
     perm = perm.copy()
-    count = (lambda q: nonempty_count(X, q, S)) if M is None else (lambda q: nonempty_count_mask(M, q, S))
+    if M is None:
+        Xr = np.ascontiguousarray(XT.T)
+        count = lambda q: nonempty_count(Xr, q, S)  # noqa: E731
+    else:
+        count = lambda q: nonempty_count_mask(M, q, S)  # noqa: E731
     best = count(perm)
     if nb < 2:
         return perm, best
     # only features that can be empty in some block matter
-    nf = X.sum(axis=0)
+    nf = np.add.reduce(XT.view(np.uint8), axis=1, dtype=np.int64)
     keep = (nf > 0) & (nf <= (nb - 1) * S)
     if not keep.any():
         return perm, best
-    Xk = X[:, keep]
-    Xf = Xk.astype(np.float32)
+    XTk = XT[keep]                                              # [F', R]
+    Xf = XTk.astype(np.float32).T                               # [R, F'] (a transposed view)
+    XTp = np.zeros((XTk.shape[0], R + 1), bool)                 # column R: an empty padding row
+    XTp[:, :R] = XTk
+    del XTk
+    ar = np.arange(R)
     for _ in range(rounds):
         pos = np.empty(R, np.int64)
-        pos[perm] = np.arange(R)
+        pos[perm] = ar
         blk = pos // S                                          # block of each original row
-        N = _block_counts(Xf, perm, S)                          # [nb, F']
-        leave = (Xf @ (N == 1).T.astype(np.float32))[np.arange(R), blk]   # features only r brings
+        permp = np.full(nb * S, R, np.int64)
+        permp[:R] = perm
+        # rows per block having each feature [nb, F'] (= _block_counts(Xf, perm, S), in integers)
+        N = np.add.reduce(np.take(XTp, permp, axis=1).view(np.uint8).reshape(len(XTp), nb, S), axis=2,
+                          dtype=np.int32).T
+        # features only r brings to its block: for N[b, f] == 1 the one row of b having f
+        bi, fi = np.nonzero(N == 1)
+        leave = np.zeros(R, np.float32)
+        if len(bi):
+            rows = permp.reshape(nb, S)[bi]                     # [k, S] rows of each block (R: padding)
+            has = XTp[fi[:, None], rows]
+            np.add.at(leave, rows[np.arange(len(bi)), has.argmax(axis=1)], 1.0)
         join = Xf @ (N == 0).T.astype(np.float32)               # [R, nb] features block lacks
         gain = leave[:, None] - join                             # approx. benefit of r -> b
-        gain[np.arange(R), blk] = -np.inf
+        gain[ar, blk] = -np.inf
         tgt = np.argmax(gain, axis=1)
-        g = gain[np.arange(R), tgt]
+        g = gain[ar, tgt]
         want = g > -np.inf
-        # pair rows a->b with rows b->a
-        pairs = []
-        for a in range(nb):
-            for b in range(a + 1, nb):
-                ia = np.flatnonzero(want & (blk == a) & (tgt == b))
-                ib = np.flatnonzero(want & (blk == b) & (tgt == a))
-                if len(ia) == 0 or len(ib) == 0:
-                    continue
-                ia = ia[np.argsort(-g[ia], kind="stable")]
-                ib = ib[np.argsort(-g[ib], kind="stable")]
-                m = min(len(ia), len(ib))
-                tot = g[ia[:m]] + g[ib[:m]]
-                ok = tot > 0
-                for i, j, v in zip(ia[:m][ok], ib[:m][ok], tot[ok]):
-                    pairs.append((float(v), int(i), int(j)))
-        if not pairs:
+        # pair rows a->b with rows b->a: per (a, b), both lists by decreasing gain (ties: row)
+        idx = np.flatnonzero(want)
+        idx = idx[np.lexsort((idx, -g[idx], tgt[idx], blk[idx]))]
+        key = blk[idx] * nb + tgt[idx]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(idx)]
+        group = {int(key[s]): (s, e) for s, e in zip(starts, ends)}
+        PI, PJ, PV = [], [], []
+        for kk, (s, e) in group.items():
+            a, b = divmod(kk, nb)
+            if a >= b or (b * nb + a) not in group:
+                continue
+            s2, e2 = group[b * nb + a]
+            m = min(e - s, e2 - s2)
+            ia, ib = idx[s:s + m], idx[s2:s2 + m]
+            tot = g[ia] + g[ib]
+            ok = tot > 0
+            PI.append(ia[ok])
+            PJ.append(ib[ok])
+            PV.append(tot[ok].astype(np.float64))
+        if not PI or not sum(len(x) for x in PI):
             break
-        pairs.sort(key=lambda x: (-x[0], x[1], x[2]))
+        PI, PJ, PV = np.concatenate(PI), np.concatenate(PJ), np.concatenate(PV)
+        order = np.lexsort((PJ, PI, -PV))                         # by gain, then rows
+        PI, PJ = PI[order], PJ[order]
         improved = False
-        while pairs:
-            cand = perm.copy()
-            pi = pos.copy()
-            for _, i, j in pairs:
-                pi[i], pi[j] = pi[j], pi[i]
+        n = len(PI)
+        while n:
+            pi = pos.copy()                # every row is in at most one pair: swap all at once
+            pi[PI[:n]], pi[PJ[:n]] = pos[PJ[:n]], pos[PI[:n]]
             cand = np.empty(R, np.int64)
-            cand[pi] = np.arange(R)
+            cand[pi] = ar
             score = count(cand)
             if score < best:
                 perm, best, improved = cand, score, True
                 break
-            pairs = pairs[: len(pairs) // 2]
+            n //= 2
         if not improved:
             break
     return perm, best
@@ -175,64 +226,86 @@ def nonempty_count_mask(M: np.ndarray, perm: np.ndarray, S: int) -> int:
     return int(np.bitwise_count(np.bitwise_or.reduce(Mp.reshape(nb, S, C), axis=1)).sum(dtype=np.int64))
 
 
-def rarity_order(pos: np.ndarray, neg: np.ndarray, R: int) -> np.ndarray:
-    """Rows by rarity score ``sum_f X[r, f] * log(R / n_f)`` descending (stable), for the support
-    ``X`` given as bool planes ``pos`` / ``neg`` ``[P, R, C]``.
+_BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.int64)   # [256, 8]
+
+
+def rarity_order(M: np.ndarray, P: int) -> np.ndarray:
+    """Rows by rarity score ``sum_f X[r, f] * log(R / n_f)`` descending (stable), from the support
+    masks ``M`` ``[R, C]`` (:func:`support_mask`, bit ``s*P + p``).
 
     The weights are rounded to integers in units of ``2**-k`` (``k`` as large as keeps every sum
-    below ``2**53``, at least 2**-20 resolution in practice), so every row sum is exact whatever
-    order the BLAS adds in: equal supports (and equal multisets of feature counts) give equal
-    scores, hence the row order, not rounding noise, breaks ties, on every machine."""
-    P, _, C = pos.shape
-    nf = np.stack([np.add.reduce(pos.view(np.uint8), axis=1, dtype=np.int64),
-                   np.add.reduce(neg.view(np.uint8), axis=1, dtype=np.int64)], axis=1)   # [P, 2, C]
+    below ``2**53``: ``2**-36`` for a 4608 x 512 layer), so the scores are exact integers whatever
+    the order of summation: equal supports (and equal multisets of feature counts) give equal
+    scores, the row order breaks ties, on every machine (a float BLAS sum broke such ties by
+    rounding noise). The counts ``n_f`` come from per-column histograms of each mask byte, the
+    scores from per-column tables ``T[c, byte] = sum of the byte's feature weights``."""
+    R, C = M.shape
+    M = np.ascontiguousarray(M)
+    nbytes = M.dtype.itemsize
+    by = M.astype(M.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(R, C, nbytes)
+    cbase = (np.arange(C, dtype=np.int64) * 256)[None, :]
+    hist = [np.bincount((cbase + by[..., k]).reshape(-1), minlength=C * 256).reshape(C, 256)
+            for k in range(nbytes)]
+    nf = np.concatenate([(h @ _BYTE_BITS).T for h in hist])[:2 * P]          # [2P, C] (bit s*P + p)
+    nf = nf.reshape(2, P, C).transpose(1, 0, 2)                              # [P, 2, C]
     w = np.where(nf > 0, np.log(R / np.maximum(nf, 1)), 0.0)
     total = float(w.sum()) + 1.0                   # bounds every row's score
     k = 52 - int(np.ceil(np.log2(total)))
-    wq = np.round(np.ldexp(w, k))
-    score = np.zeros(R)
-    for p in range(P):
-        score += pos[p] @ wq[p, 0]
-        score += neg[p] @ wq[p, 1]
+    wq = np.zeros((8 * nbytes, C), np.int64)
+    wq[:2 * P] = np.round(np.ldexp(w, k)).astype(np.int64).transpose(1, 0, 2).reshape(2 * P, C)
+    score = np.zeros(R, np.int64)
+    for kb in range(nbytes):
+        T = np.ascontiguousarray((_BYTE_BITS @ wq[8 * kb:8 * kb + 8]).T).reshape(-1)   # [C * 256]
+        score += T[cbase + by[..., kb]].sum(axis=1)
     return np.argsort(-score, kind="stable")
 
 
-def choose_row_perm(digits: np.ndarray, S: int, current: np.ndarray | None = None,
-                    swap_rounds: int = 4) -> tuple[np.ndarray, dict]:
+def choose_row_perm(digits: np.ndarray | None, S: int, current: np.ndarray | None = None,
+                    swap_rounds: int = 4, masks: np.ndarray | None = None,
+                    planes: int | None = None) -> tuple[np.ndarray, dict]:
     """Best row permutation per group for matrix-view digits ``[P, G, R, C]`` (module docstring).
 
     Returns (``[G, R]`` int32, {"identity": count, "chosen": count, "method": {name: groups}}).
-    Candidates are scored on the bit-mask support (:func:`support_mask`); the ``[R, P*2*C]``
+    Candidates are scored on the bit-mask support (:func:`support_mask`, or ``masks`` ``[G, R,
+    C]`` when given; then ``digits`` may be None with ``planes`` = P); the ``[R, P*2*C]``
     support matrix is only built for the swap refinement.
     """
-    P, G, R, C = digits.shape
+    if digits is None:
+        G, R, C = masks.shape
+        P = int(planes)
+    else:
+        P, G, R, C = digits.shape
     out = np.empty((G, R), np.int32)
     ident_total = chosen_total = 0
     methods: dict[str, int] = {}
     ident = np.arange(R, dtype=np.int64)
     if R <= S:  # one row block: every order gives the same segments
         base = np.tile(ident, (G, 1)) if current is None else np.asarray(current, np.int64)
-        n = int(np.count_nonzero(np.stack([(digits > 0).any(axis=2), (digits < 0).any(axis=2)])))
+        if digits is None:
+            n = int(np.bitwise_count(np.bitwise_or.reduce(masks, axis=1)).sum(dtype=np.int64))
+        else:
+            n = int(np.count_nonzero(np.stack([(digits > 0).any(axis=2), (digits < 0).any(axis=2)])))
         return base.astype(np.int32), {"identity": n, "chosen": n,
                                        "method": {"current" if current is not None else "identity": G}}
     for g in range(G):
-        Dg = digits[:, g]
-        M = support_mask(Dg)
+        Dg = None if digits is None else digits[:, g]
+        M = support_mask(Dg) if masks is None else masks[g]
         cands: list[tuple[str, np.ndarray]] = [("identity", ident)]
         if current is not None:
             cands.append(("current", np.asarray(current[g], np.int64)))
         if R > S:
-            pos, neg = Dg > 0, Dg < 0
-            cands.append(("rarity", rarity_order(pos, neg, R)))
-            per_plane = np.add.reduce((pos | neg).view(np.uint8), axis=2, dtype=np.int64)   # [P, R]
+            cands.append(("rarity", rarity_order(M, P)))
+            one = M.dtype.type(1)
+            per_plane = [np.add.reduce(((M >> M.dtype.type(p)) | (M >> M.dtype.type(P + p))) & one, axis=1,
+                                       dtype=np.int64) for p in range(P)]   # digits per row, plane p
             keys = tuple(-per_plane[p] for p in range(P))        # lexsort: last key is primary
             cands.append(("significance", np.lexsort(keys)))
-            del pos, neg
         scores = [nonempty_count_mask(M, p, S) for _, p in cands]
         k = int(np.argmin(scores))
         name, perm, best = cands[k][0], cands[k][1], scores[k]
         if R > S and swap_rounds > 0:
-            p2, s2 = _swap_refine(row_support(Dg), perm, S, swap_rounds, M)
+            XT = feature_support(Dg) if Dg is not None else feature_support_mask(M, P)
+            p2, s2 = _swap_refine(None, perm, S, swap_rounds, M, XT=XT)
             if s2 < best:
                 name, perm, best = name + "+swap", p2, s2
         out[g] = perm
@@ -242,50 +315,77 @@ def choose_row_perm(digits: np.ndarray, S: int, current: np.ndarray | None = Non
     return out, {"identity": ident_total, "chosen": chosen_total, "method": methods}
 
 
+def _row_permuted_masks(digits: np.ndarray, row_perm: np.ndarray, S: int,
+                        masks: np.ndarray | None = None) -> np.ndarray:
+    """:func:`support_mask` of every group (``masks`` if given), rows in ``row_perm`` order,
+    padded to whole blocks: ``[G, nb * S, C]``."""
+    P, G, R, C = digits.shape
+    nb = -(-R // S)
+    M = support_mask(digits) if masks is None else masks               # [G, R, C]
+    Mp = np.zeros((G, nb * S, C), M.dtype)
+    Mp[:, :R] = M[np.arange(G)[:, None], np.asarray(row_perm, np.intp)]
+    return Mp
+
+
+def _droppable(Mp: np.ndarray, col_perm: np.ndarray, P: int, R: int, S: int, Cx: int) -> int:
+    """:func:`droppable_row_slots` on row-permuted masks (:func:`_row_permuted_masks`).
+
+    Per mask bit (plane, sign): the non-empty columns of each (group, block) in ``col_perm``
+    order are cut into chunks of ``Cx``; slots = ``sum rows_used * chunks`` minus the (chunk,
+    row) pairs holding a bit. Columns that are empty for that bit in a block hold no such bit
+    there, so each chunk is the contiguous column range from its first to the next chunk's first
+    column, and one ``np.bitwise_or.reduceat`` over the (group, block, column) axis gives every
+    chunk's rows at once."""
+    G, RS, C = Mp.shape
+    nb = RS // S
+    cp = np.asarray(col_perm, np.intp)
+    if np.array_equal(cp, np.broadcast_to(np.arange(C), cp.shape)):
+        A = Mp.reshape(G, nb, S, C)
+    else:
+        A = np.take_along_axis(Mp, cp[:, None, :], axis=2).reshape(G, nb, S, C)
+    Ob = np.bitwise_or.reduce(A, axis=2)                                # [G, nb, C]
+    At = np.ascontiguousarray(A.transpose(2, 0, 1, 3)).reshape(S, G * nb * C)
+    rows_used = np.minimum(S, R - np.arange(nb) * S)
+    dt = Mp.dtype.type
+    total = 0
+    for q in range(2 * P):
+        bit = dt(1 << q)
+        ne = (Ob & bit) != 0                                            # [G, nb, C]
+        cnt = np.add.reduce(ne.view(np.uint8), axis=2, dtype=np.int64)   # non-empty columns
+        if not cnt.any():
+            continue
+        total += int(((-(-cnt // Cx)) * rows_used[None, :]).sum())
+        rank = np.cumsum(ne, axis=2) - 1
+        start = np.flatnonzero((ne & (rank % Cx == 0)).reshape(-1))
+        total -= int(np.count_nonzero(np.bitwise_or.reduceat(At, start, axis=1) & bit))
+    return total
+
+
 def droppable_row_slots(digits: np.ndarray, row_perm: np.ndarray, col_perm: np.ndarray, S: int, Cx: int) -> int:
     """Proxy for squeeze: per (plane, sign, group, row block), the non-empty columns in
     ``col_perm`` order are cut into chunks of ``Cx``; count (chunk, row) pairs that are all zero."""
     P, G, R, C = digits.shape
-    nb = -(-R // S)
-    total = 0
-    for g in range(G):
-        D = digits[:, g][:, row_perm[g]][:, :, col_perm[g]]       # [P, R, C] permuted
-        Dp = np.zeros((P, nb * S, C), np.int8)
-        Dp[:, :R] = D
-        for sgn in (1, -1):
-            Xs = (Dp * sgn > 0).reshape(P, nb, S, C)               # [P, nb, S, C]
-            nonempty = Xs.any(axis=2)                              # [P, nb, C]
-            for p in range(P):
-                for b in range(nb):
-                    cols = np.flatnonzero(nonempty[p, b])
-                    if len(cols) == 0:
-                        continue
-                    rows_used = min(S, R - b * S)
-                    blk = Xs[p, b, :rows_used][:, cols]             # [rows, k]
-                    n_chunks = -(-len(cols) // Cx)
-                    pad = np.zeros((rows_used, n_chunks * Cx), bool)
-                    pad[:, :len(cols)] = blk
-                    total += int((~pad.reshape(rows_used, n_chunks, Cx).any(axis=2)).sum())
-    return total
+    return _droppable(_row_permuted_masks(digits, row_perm, S), col_perm, P, R, S, Cx)
 
 
-def choose_col_perm(digits: np.ndarray, row_perm: np.ndarray, S: int, Cx: int) -> tuple[np.ndarray, dict]:
+def choose_col_perm(digits: np.ndarray, row_perm: np.ndarray, S: int, Cx: int,
+                    masks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     P, G, R, C = digits.shape
     ident = np.tile(np.arange(C, dtype=np.int32), (G, 1))
     if C <= 1:
         return ident, {"identity": 0, "chosen": 0, "sorted": False}
     nb = -(-R // S)
+    Mp = _row_permuted_masks(digits, row_perm, S, masks)
+    Ob = np.bitwise_or.reduce(Mp.reshape(G, nb, S, C), axis=2)          # [G, nb, C]
+    dt = Mp.dtype.type
     sorted_perm = np.empty((G, C), np.int32)
     for g in range(G):
-        D = digits[:, g][:, row_perm[g]]
-        Dp = np.zeros((P, nb * S, C), np.int8)
-        Dp[:, :R] = D
-        pat = np.stack([(Dp > 0).reshape(P, nb, S, C).any(axis=2),
-                        (Dp < 0).reshape(P, nb, S, C).any(axis=2)], axis=1)   # [P, 2, nb, C]
-        keys = pat[::-1].reshape(-1, C)                                      # highest plane first
+        # pattern [P, 2, nb, C]: column's non-empty segments; keys highest plane first
+        pat = np.stack([np.stack([(Ob[g] & dt(1 << (s * P + p))) != 0 for s in range(2)]) for p in range(P)])
+        keys = pat[::-1].reshape(-1, C)
         sorted_perm[g] = np.lexsort(tuple(~k for k in keys[::-1]))
-    s_id = droppable_row_slots(digits, row_perm, ident, S, Cx)
-    s_so = droppable_row_slots(digits, row_perm, sorted_perm, S, Cx)
+    s_id = _droppable(Mp, ident, P, R, S, Cx)
+    s_so = _droppable(Mp, sorted_perm, P, R, S, Cx)
     if s_so > s_id:
         return sorted_perm, {"identity": s_id, "chosen": s_so, "sorted": True}
     return ident, {"identity": s_id, "chosen": s_id, "sorted": False}
@@ -332,9 +432,10 @@ class Reorder(Pass):
             if L.quant is None:
                 raise OptionError(f"reorder: layer {L.id} is not quantized; run 'quantize' first")
             D = layer_digits(node, t)
-            rp, rinfo = choose_row_perm(D, S, current=L.row_perm, swap_rounds=self.swap_rounds)
+            masks = support_mask(D)
+            rp, rinfo = choose_row_perm(D, S, current=L.row_perm, swap_rounds=self.swap_rounds, masks=masks)
             if self.columns:
-                cp, cinfo = choose_col_perm(D, rp, S, t.cols)
+                cp, cinfo = choose_col_perm(D, rp, S, t.cols, masks=masks)
             else:
                 cp, cinfo = np.tile(np.arange(L.cols, dtype=np.int32), (L.groups, 1)), {}
             if L.row_perm is None or not np.array_equal(L.row_perm, rp):

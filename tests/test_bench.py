@@ -83,6 +83,7 @@ def test_report_numbers_are_consistent(tiny_report):
         f = r["fidelity"]
         assert 0.0 <= f["top1_agree_pct"] <= 100.0 and f["n"] == 3
         assert np.isfinite(f["sqnr_db"]) and f["sqnr_db"] > 10.0
+        assert 0.0 <= f["offset_pct"] <= 100.0
         assert set(r["pass_seconds"]) == set(bench.pipeline_names(r["pipeline"]))
         assert r["peak_rss_mb"] > 0 and r["rss_increase_mb"] >= 0
     dense = rows["sme dense"]["crossbars"]

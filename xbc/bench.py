@@ -25,7 +25,10 @@ What it measures, per model (built by ``examples/models.py`` or any ``--model FI
   float model under onnxruntime on ``--samples`` inputs ``N(0, 1)`` drawn with seeds
   ``seed+1000 .. seed+1000+samples-1`` (:func:`xbc.ortutil.random_inputs`); the compiles
   calibrate on quantize's default, synthetic ``N(0, 1)`` inputs drawn with the compile seed, never
-  on the evaluation inputs. Top-1 agreement (%) and SQNR (dB) of the outputs.
+  on the evaluation inputs. Top-1 agreement (%) and SQNR (dB) of the outputs, and ``err offset %``:
+  the share of the first output's error power that is the same for every sample (a constant
+  offset per output element, such as the bias shift weight quantization causes, which a bias
+  correction would remove).
 * **Speed**: seconds of the whole compile and of every pass (``ctx.timings``); onnxruntime
   ms/image on the float model; the bit-accurate simulator's ms/image
   (:mod:`xbc.backends.sim.bench`) on the full compile of the first target.
@@ -256,8 +259,16 @@ def fidelity_numbers(ref: list[list[np.ndarray]], test: list[list[np.ndarray]]) 
     agree = float(np.mean(r1 == t1) * 100.0)
     rf = np.concatenate([np.asarray(a, np.float64).ravel() for r in ref for a in r])
     tf = np.concatenate([np.asarray(a, np.float64).ravel() for t in test for a in t])
-    return {"top1_agree_pct": agree, "sqnr_db": float(sqnr_db(rf, tf)), "cosine": float(cosine(rf, tf)),
-            "n": int(r1.size)}
+    out = {"top1_agree_pct": agree, "sqnr_db": float(sqnr_db(rf, tf)), "cosine": float(cosine(rf, tf)),
+           "n": int(r1.size)}
+    # share of the first output's error power that is the same for every sample (a constant offset
+    # per output element, e.g. the bias shift that weight quantization causes)
+    e = np.stack([np.asarray(t[0], np.float64) - np.asarray(r[0], np.float64) for r, t in zip(ref, test)])
+    p_err = float(np.mean(e * e))
+    if len(ref) >= 2 and p_err > 0:
+        dc = e.mean(axis=0)
+        out["offset_pct"] = 100.0 * float(np.mean(dc * dc)) / p_err
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -571,11 +582,11 @@ def render_text(report: dict[str, Any]) -> str:
         out.append(f"   built in {m['build_seconds']:.1f} s; onnxruntime float model {_num(ort, '{:.2f}')} ms/image; "
                    f"fidelity on {report['samples']} random N(0,1) inputs")
         hdr = ["configuration", "crossbars", "non-empty", "vs dense", "vs isaac", "top-1 agree %", "SQNR dB",
-               "compile s", "peak RSS MB", "+RSS MB"]
+               "err offset %", "compile s", "peak RSS MB", "+RSS MB"]
         rows, notes = [], []
         for r in m["rows"]:
             if "error" in r:
-                rows.append([r["label"]] + ["error"] + ["-"] * 8)
+                rows.append([r["label"]] + ["error"] + ["-"] * 9)
                 notes.append(f"   {r['label']}: error: {r['error']}")
                 continue
             fid = r.get("fidelity", {})
@@ -585,7 +596,8 @@ def render_text(report: dict[str, Any]) -> str:
                 notes.append(f"   {r['label']}: crossbars n/a ({r['crossbars']['na']})")
             rows.append([r["label"], _num(r.get("crossbars")), _num(r.get("nonempty")), _num(r.get("vs_dense"), "{:.2f}x"),
                          _num(r.get("vs_isaac"), "{:.2f}x"), _num(fid.get("top1_agree_pct"), "{:.1f}"),
-                         _num(fid.get("sqnr_db"), "{:.1f}"), _num(r.get("seconds"), "{:.2f}"),
+                         _num(fid.get("sqnr_db"), "{:.1f}"), _num(fid.get("offset_pct"), "{:.0f}"),
+                         _num(r.get("seconds"), "{:.2f}"),
                          _num(r.get("peak_rss_mb"), "{:.0f}"), _num(r.get("rss_increase_mb"), "{:.0f}")])
         out += ["   " + s for s in _table(hdr, rows)]
         out += notes

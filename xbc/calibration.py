@@ -228,7 +228,9 @@ def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[s
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"onnxruntime failed on the calibration data: {e}") from None
         for n in wanted:
-            a = np.asarray(feeds[n] if n in input_names else res[n], np.float64)
+            a = np.asarray(feeds[n] if n in input_names else res[n])   # min/max exact in its own dtype
+            if a.dtype.kind not in "fiub":
+                a = a.astype(np.float64)
             if a.size == 0:
                 continue
             if not np.all(np.isfinite(a)):

@@ -140,17 +140,33 @@ def dequantize_acc(acc: np.ndarray, quant: Any, bias: np.ndarray | None = None, 
 
 
 def _mse_per_channel(X: np.ndarray, s: np.ndarray, qmax: int) -> np.ndarray:
-    q = np.clip(np.rint(X / s), -qmax, qmax)
-    e = X - q * s
+    e = np.divide(X, s)                 # e = X - clip(rint(X / s)) * s, in one buffer
+    np.rint(e, out=e)
+    np.clip(e, -qmax, qmax, out=e)
+    e *= s
+    np.subtract(X, e, out=e)
     return np.einsum("rk,rk->k", e, e)
 
 
-def choose_weight_scales(X: np.ndarray, bits: int, pow2: bool = False, refine: int = 4) -> np.ndarray:
+def choose_weight_scales(X: np.ndarray, bits: int, pow2: bool = False, refine: int = 4,
+                         block_bytes: int = 1 << 20) -> np.ndarray:
     """Min-MSE scales for the columns of ``X`` (``[rows, channels]`` float64): ``[channels]``.
 
-    See the module docstring. A channel whose weights are all 0 gets scale 1.
+    See the module docstring. A channel whose weights are all 0 gets scale 1. Channels are
+    independent: they are processed in contiguous blocks of about ``block_bytes`` (every
+    candidate scale of a block while it is in cache); each channel's sums run over its rows in
+    the same order as on the whole matrix, so the result does not depend on the blocking.
     """
     X = np.asarray(X, np.float64)
+    R, K = X.shape
+    kb = max(8, (block_bytes // max(8 * R, 1)) // 8 * 8)
+    if K > kb:
+        return np.concatenate([_choose_weight_scales(np.ascontiguousarray(X[:, a:a + kb]), bits, pow2, refine)
+                               for a in range(0, K, kb)])
+    return _choose_weight_scales(X, bits, pow2, refine)
+
+
+def _choose_weight_scales(X: np.ndarray, bits: int, pow2: bool, refine: int) -> np.ndarray:
     qmax = qmax_weight(bits)
     amax = np.abs(X).max(axis=0) if X.shape[0] else np.zeros(X.shape[1])
     zero = amax == 0
