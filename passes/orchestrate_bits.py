@@ -73,6 +73,18 @@ after slice-bits + squeeze 101 dense crossbars -> 57 (budget 0.25). ResNet-50 (e
 synthetic trained-like weights): 21,878 dense -> 12,059 crossbars at budget 0.25 (weight SQNR
 38.21 -> 37.24 dB), non-zero digits per weight 2.27 -> 3.60.
 
+Implementation (speed; every path gives the same digits, values and statistics as the plain
+digit-array formulation, which stays as the general path and is tested against the fast ones)
+    With ``cell_bits = 1`` step 1 works on bit masks (one bit per plane, positive and negative
+    digits apart, per weight in the unit layout): NAF, sign-magnitude and both two's-complement
+    forms come straight from the values, per-unit segment and digit counts are popcounts, the
+    chosen digits are unpacked once. In step 3 a candidate's cost needs, per entry, the value
+    nearest to its target in the candidate's table (the values the unit's other non-empty
+    segments can represent): the tables have dense neighbour arrays indexed by ``ceil(x)``, so
+    an entry costs a few gathers instead of a binary search, and entries are processed in
+    cache-sized blocks. The pre-reorder row order is chosen on bit masks made from the values.
+    Synthetic ResNet-50 (25.5 M weights): about 16 s instead of 87 s of CPU for this pass.
+
 ``quant.w_int`` is updated to the new values (``quant.w_int_initial`` keeps quantize's).
 Weights that a previous lossy pass zeroed (``w_int == 0 != w_int_initial``, e.g. cim-sparsity)
 stay zero. Statistics per layer (``layer.stats["orchestrate"]``) and in total: non-zero digits
@@ -129,9 +141,11 @@ def naf_masks(w: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
     planes), unsigned, same shape as ``w``."""
     w = np.asarray(w)
     dt = _mask_dtype(planes)
-    if w.dtype.kind in "iu" and w.dtype.itemsize <= 4 and planes <= 29 and w.size and \
-            -(1 << 30) < int(w.min()) and int(w.max()) < (1 << 30):
+    small = False
+    lo, hi = (int(w.min()), int(w.max())) if w.size and w.dtype.kind in "iu" else (0, 1 << 62)
+    if planes <= 29 and -(1 << 30) < lo and hi < (1 << 30):
         n = np.abs(w.astype(np.int32, copy=False))                  # every mask fits 31 bits
+        small = max(-lo, hi) < (1 << (planes - 1))                  # NAF of n needs <= planes digits
     else:
         n = np.abs(w.astype(np.int64, copy=False))
         if planes <= 29 and n.size and int(n.max()) < (1 << planes):   # then every mask fits 30 bits
@@ -141,7 +155,7 @@ def naf_masks(w: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
     c = h ^ t
     pos = t & c
     neg = h & c
-    if np.any((pos | neg) >> planes):
+    if not small and np.any((pos | neg) >> planes):
         raise ValueError(f"values need more than {planes} signed binary digits")
     pos, neg = pos.astype(dt), neg.astype(dt)
     gt = w > 0
@@ -446,27 +460,29 @@ class _Clearer:
         allowed (plane, sign) pairs, see the class docstring) before the per-entry limit, and the
         segment counts ``[K, P, 2]`` of its unit."""
         P = self.P
-        qs = np.arange(P)
         if N is None:
             Dk = self.Du[g, b, c]
             Nk = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)   # [K, P, 2]
         else:
             Nk = N[g, b, c]
-        sg = np.array([0, 1])
-        bits = (Nk > 0).astype(np.int64) << (2 * qs[None, :, None] + sg[None, None, :])
+        # the unit's non-empty (plane, sign) pairs as bits 2q + sign
+        by = np.packbits((Nk > 0).reshape(len(g), 2 * P), axis=1, bitorder="little")
+        mask = np.zeros(len(g), np.int64)
+        for k in range(by.shape[1]):
+            mask |= by[:, k].astype(np.int64) << (8 * k)
+        p64, s64 = p.astype(np.int64), s.astype(np.int64)
         if self.all_planes:   # every non-empty pair of the unit except the one being cleared
-            bits = bits * ~((qs[None, :, None] == p[:, None, None]) & (sg[None, None, :] == s[:, None, None]))
+            mask &= ~(np.int64(1) << (2 * p64 + s64))
         else:                 # only the planes below p; the digits above p stay
-            bits = bits * (qs[None, :, None] < p[:, None, None])
+            mask &= (np.int64(1) << (2 * p64)) - 1
         if not self.signed:  # sign-magnitude: a weight's digits all have the weight's sign
-            bits = bits * (sg[None, None, :] == s[:, None, None])
-        mask = bits.sum(axis=(1, 2))
+            mask &= np.int64(sum(1 << (2 * q) for q in range(P))) << s64
         ptab = np.full_like(p, P) if self.all_planes else p
         return (ptab.astype(np.int64) << (2 * P)) + mask, Nk
 
     SUB = 1024  # candidates per block of entries in :meth:`_cost_all_planes` (cache-sized temporaries)
 
-    DENSE_MAX = 1 << 12   # dense lookup tables while B**P <= this (else binary search)
+    DENSE_MAX = 1 << 10   # dense lookup tables while B**P <= this (else binary search)
 
     def _weight_tables(self):
         """Per weight (flat unit layout), for :meth:`_cost_all_planes`: the clipped target ``x``,
@@ -475,17 +491,23 @@ class _Clearer:
         if self._wt is None:
             x = np.clip(self.Tu, -self.qmax, self.qmax)
             cx = np.ceil(x)
-            tiny = ((cx - x) > 1.0 - 2.0 ** -20).any(axis=-1).reshape(-1)   # x - floor(x) in (0, 2**-20)
-            self._wt = (x.reshape(-1), (cx.astype(np.int64) + self.VB).reshape(-1), tiny)
+            cxi = cx.astype(np.int32)           # |ceil(x)| <= qmax + 1, VB <= DENSE_MAX
+            cxi += self.VB
+            np.subtract(cx, x, out=cx)
+            tiny = (cx > 1.0 - 2.0 ** -20).any(axis=-1).reshape(-1)   # x - floor(x) in (0, 2**-20)
+            self._wt = (x.reshape(-1), cxi.reshape(-1), tiny)
         return self._wt
 
-    def _cost_all_planes(self, g, b, c, p, s, N):
+    def _cost_all_planes(self, g, b, c, p, s, N, entries: bool = False):
         """:meth:`evaluate`'s cost for ``compensate=all`` (no digits are kept, ``H = 0``), the same
         numbers: the batch's tables are numbered as there (sorted keys), each entry's two
         neighbours are read from the dense tables of :meth:`_table` at ``ceil(x)`` (at
         ``ceil(x + off) - off``, as the concatenated search rounds, in blocks where that can
         differ), an infeasible entry makes the sum infinite, and the entries are processed in
-        blocks of :attr:`SUB` candidates so the temporaries stay in cache."""
+        blocks of :attr:`SUB` candidates so the temporaries stay in cache. With ``entries`` also
+        the per-entry move as :meth:`evaluate` returns it (cost, entry k, entry row, new digits,
+        new values): each entry's chosen value is a row of its table (the left or right
+        neighbour), whose digits it takes; an infeasible entry keeps its digits and value."""
         K = len(g)
         G, nb, C, S, P = self.Du.shape
         key, Nk = self._allowed_keys(g, b, c, p, s, N)
@@ -505,14 +527,24 @@ class _Clearer:
         Xc, CX, tiny_u = self._weight_tables()
         tiny_c = tiny_u[unit]
         invW = invc * W
+        rowoff = unit * S - (np.arange(K) % self.SUB) * S
         Tf, Vf = self.Tu.reshape(-1), self.Vu.reshape(-1)
         cost = np.empty(K)
+        if entries:
+            lt = np.concatenate([tb[3] for tb in tabs])            # [tables * W] values < c
+            sizes = np.array([tb[8] for tb in tabs], np.int64)
+            first = np.cumsum(sizes) - sizes                        # first row of each table
+            alld = np.zeros((int(sizes.sum()), P), np.int8)
+            for tb, o in zip(tabs, first):
+                alld[o:o + tb[8], :tb[2].shape[1]] = tb[2]
+            out = []
         for a in range(0, K, self.SUB):
             sl = slice(a, a + self.SUB)
             k = len(g[sl])
             dp = self.Du[g[sl], b[sl], c[sl], :, p[sl]]                # [k, S]
-            ek, ei = np.divmod(np.flatnonzero(dp * sgn[sl, None] > 0), S)   # == np.nonzero, faster
-            rows = unit[sl][ek] * S + ei
+            f = np.flatnonzero(dp * sgn[sl, None] > 0)       # entries k * S + i (np.nonzero, faster)
+            ek = f // S
+            rows = f + rowoff[sl][ek]                          # unit * S + i
             t = Tf[rows]
             v = Vf[rows]
             x = Xc[rows]
@@ -527,8 +559,7 @@ class _Clearer:
                 vr = right[idx]
                 dr = np.where(vr >= x, vr - x, np.inf)
             else:                              # ceil(x + off) - off == ceil(x) <= right neighbour
-                idx = CX[rows]
-                idx += invW[sl][ek]
+                idx = CX[rows] + invW[sl][ek]
                 vl = left[idx]
                 vr = right[idx]
                 dr = vr - x
@@ -540,12 +571,30 @@ class _Clearer:
                     cl = np.concatenate([tb[6] for tb in tabs])
                     cr = np.concatenate([tb[7] for tb in tabs])
                 take_r[tie] = cr[idx[tie]] < cl[idx[tie]]
-            newv = np.where(take_r, vr, vl)    # +-inf where infeasible: the sum is not finite
-            ecost = s2c[sl][ek] * ((t - newv) ** 2 - (t - v) ** 2)
+            if entries:
+                feasible = np.isfinite(np.where(take_r, vr, vl))
+                row = first[invc[sl][ek]] + lt[idx] - 1 + take_r      # the chosen table row
+                out.append((ek + a, f - ek * S, row, feasible))
+            np.copyto(vl, vr, where=take_r)    # the chosen value (+-inf where infeasible: the sum is not finite)
+            ecost = t - vl
+            ecost *= ecost
+            d0 = t - v
+            d0 *= d0
+            ecost -= d0
+            ecost *= s2c[sl][ek]
             cst = np.bincount(ek, weights=ecost, minlength=k)
             cst[~np.isfinite(cst)] = np.inf
             cost[sl] = cst
-        return cost
+            if entries:
+                out[-1] += (vl,)
+        if not entries:
+            return cost
+        ek, ei, row, feasible, nv = (np.concatenate(z) for z in zip(*out))
+        rows = (unit[ek] * S + ei)
+        dv = self.Du.reshape(-1, P)[rows]
+        newd = np.where(feasible[:, None], alld[np.where(feasible, row, 0)], dv)
+        newv = np.where(feasible, nv, self.Vu.reshape(-1)[rows]).astype(np.int64)
+        return cost, ek, ei, newd, newv
 
     def evaluate(self, g, b, c, p, s, N=None, cost_only=False):
         """Cost of clearing each candidate segment, plus the per-entry result of the move.
@@ -635,7 +684,10 @@ class _Clearer:
         return cost, ek, ei, newd, newv
 
     def apply(self, g, b, c, p, s, N=None):
-        cost, ek, ei, newd, newv = self.evaluate(g, b, c, p, s, N)
+        if self.all_planes and self.VB <= self.DENSE_MAX:
+            cost, ek, ei, newd, newv = self._cost_all_planes(g, b, c, p, s, N, entries=True)
+        else:
+            cost, ek, ei, newd, newv = self.evaluate(g, b, c, p, s, N)
         self.Du[g[ek], b[ek], c[ek], ei] = newd
         self.Vu[g[ek], b[ek], c[ek], ei] = newv
         return cost
@@ -714,44 +766,57 @@ def _unit_stats(pm: np.ndarray, nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return n, _popcount_sum(pm, axis=-1) + _popcount_sum(nm, axis=-1)
 
 
-def _twos_complement_masks(Vu: np.ndarray, planes: int, mirror: bool):
-    """:func:`two_complement_units` for ``cell_bits = 1`` as bit masks (pos, neg, fits)."""
-    it = np.int32 if planes <= 29 else np.int64   # |v| <= 2**(planes-1)
-    v = -np.asarray(Vu, it) if mirror else np.asarray(Vu, it)
-    lo = v.min(axis=-1).astype(np.int64)
-    hi = v.max(axis=-1).astype(np.int64)
+def _tc_top_plane(lo: np.ndarray, hi: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit the smallest ``k < planes`` with every value in ``[-2**k, 2**k - 1]`` and whether
+    there is one (as :func:`two_complement_units`)."""
     k = np.zeros(lo.shape, np.int64)
     for kk in range(planes - 1, -1, -1):
         k = np.where((lo >= -(1 << kk)) & (hi <= (1 << kk) - 1), kk, k)
-    fits = (lo >= -(1 << k)) & (hi <= (1 << k) - 1)
+    return k, (lo >= -(1 << k)) & (hi <= (1 << k) - 1)
+
+
+def _twos_complement_mask_forms(v: np.ndarray, planes: int):
+    """:func:`two_complement_units` for ``cell_bits = 1`` as bit masks, plain and mirrored:
+    ``[(pos, neg, fits), (pos, neg, fits)]``. A unit with top plane ``k`` stores ``v mod 2**k``
+    (= ``v + 2**k`` for a negative ``v``, the two's-complement bits) on the planes below ``k``
+    and a -1 on plane ``k`` for each negative ``v``; the mirrored form does this for ``-v``."""
+    it = v.dtype.type
+    nbits = 8 * v.dtype.itemsize
+    lo = v.min(axis=-1).astype(np.int64)
+    hi = v.max(axis=-1).astype(np.int64)
     dt = _mask_dtype(planes)
-    kw = np.where(fits, k, -1).astype(it)[..., None]          # -1: no digits at all
-    neg = v < 0
-    top = np.left_shift(it(1), np.maximum(kw, 0))
-    pm = np.where(kw >= 0, np.where(neg, v + top, v), 0).astype(dt)   # < 2**k: only planes < k
-    nm = np.where((kw >= 0) & neg, top, 0).astype(dt)                # -1 on plane k
-    return (nm, pm, fits) if mirror else (pm, nm, fits)
+    out = []
+    for w, (k, fits) in ((v, _tc_top_plane(lo, hi, planes)), (-v, _tc_top_plane(-hi, -lo, planes))):
+        top = np.where(fits, np.left_shift(1, k), 0).astype(it)[..., None]     # 0: no digits
+        low = np.where(fits, np.left_shift(1, k) - 1, 0).astype(it)[..., None]
+        pm = (w & low).astype(dt)
+        nm = (np.right_shift(w, nbits - 1) & top).astype(dt)                    # -1 where w < 0
+        out.append((pm, nm, fits))
+    (p1, n1, f1), (p2, n2, f2) = out
+    return [(p1, n1, f1), (n2, p2, f2)]
 
 
 def _binary_unit_forms(Vu0: np.ndarray, P: int, n_planes_sm: int, signed: bool, twos_complement: bool,
-                       max_digits: int | None, info: dict) -> np.ndarray:
+                       max_digits: int | None, info: dict, sm=None) -> tuple[np.ndarray, np.ndarray]:
     """Step 1 for ``cell_bits = 1`` on bit masks (one bit per plane, positive and negative digits
     apart) in unit layout: the same forms, counts and choices as the digit arrays of the general
-    path, at 1/P of the memory traffic. Returns the chosen digits ``[G, nb, C, S, P]`` int8."""
-    if P <= 29:       # |v| < 2**P: narrow integers halve the memory traffic
-        Vu0 = Vu0.astype(np.int32)
-    n = np.abs(Vu0)
-    if np.any(n >> n_planes_sm):
-        raise ValueError(f"weights need more than {n_planes_sm} planes of 1 bits")
+    path, at 1/P of the memory traffic. ``Vu0`` holds integers (int32 when ``P <= 29``), ``sm``
+    its sign-magnitude masks if already made. Returns the chosen digits ``[G, nb, C, S, P]``
+    int8 and their :func:`segment_counts`."""
     dt = _mask_dtype(P)
-    sm = (np.where(Vu0 > 0, n, 0).astype(dt), np.where(Vu0 < 0, n, 0).astype(dt))
+    if sm is None:
+        n = np.abs(Vu0)
+        if np.any(n >> n_planes_sm):
+            raise ValueError(f"weights need more than {n_planes_sm} planes of 1 bits")
+        sm = (np.where(Vu0 > 0, n, 0).astype(dt), np.where(Vu0 < 0, n, 0).astype(dt))
+        del n
     if not signed:
         pm, nm = sm
     else:
         forms = [("signed_digit", naf_masks(Vu0, P) + (None,)), ("sign_magnitude", sm + (None,))]
         if twos_complement:
-            forms += [(name, _twos_complement_masks(Vu0, P, mirror)) for name, mirror in
-                      (("twos_complement", False), ("twos_complement_mirrored", True))]
+            forms += list(zip(("twos_complement", "twos_complement_mirrored"),
+                              _twos_complement_mask_forms(Vu0, P)))
         pm, nm, _ = forms[0][1]
         best_n, best_d = _unit_stats(pm, nm)
         choice = np.zeros(best_n.shape, np.int8)
@@ -769,7 +834,41 @@ def _binary_unit_forms(Vu0: np.ndarray, P: int, n_planes_sm: int, signed: bool, 
             best_d = np.where(better, d_f, best_d)
             choice = np.where(better, i, choice)
         info["unit_forms"] = {f[0]: int(np.count_nonzero(choice == i)) for i, f in enumerate(forms)}
-    return mask_bits(pm, P, axis=-1).view(np.int8) - mask_bits(nm, P, axis=-1).view(np.int8)
+        del forms
+    N0 = np.stack([_plane_counts(pm, P), _plane_counts(nm, P)], axis=-1)
+    if P <= 8:     # one table lookup per weight: (pos, neg) masks -> 8 int8 digits in a word
+        D = _DIGITS8[(pm.astype(np.uint16) << np.uint16(8)) | nm].view(np.int8).reshape(pm.shape + (8,))
+        return (D if P == 8 else np.ascontiguousarray(D[..., :P])), N0
+    return np.subtract(mask_bits(pm, P, axis=-1).view(np.int8), mask_bits(nm, P, axis=-1).view(np.int8)), N0
+
+
+_DIGITS8 = np.ascontiguousarray(
+    (((np.arange(1 << 16)[:, None] >> (8 + np.arange(8))) & 1) - ((np.arange(1 << 16)[:, None] >> np.arange(8)) & 1))
+    .astype(np.int8)).view("<u8").reshape(-1)          # [(pos << 8) | neg] -> digits of planes 0..7
+
+
+_SPREAD = (((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.uint64)
+           << (8 * np.arange(8, dtype=np.uint64))).sum(axis=1).astype(np.uint64)   # bit p -> byte p
+
+
+def _plane_counts(m: np.ndarray, P: int) -> np.ndarray:
+    """Set bits of each plane over the last axis of masks ``m`` ``[..., S]``: int32 ``[..., P]``.
+
+    With ``S <= 255`` each mask byte is spread to one byte per plane of a 64-bit word (a table)
+    and the words are summed: no byte can carry into the next."""
+    S = m.shape[-1]
+    nbytes = m.dtype.itemsize
+    out = np.zeros(m.shape[:-1] + (8 * nbytes,), np.int32)
+    if S <= 255:
+        by = np.ascontiguousarray(m).astype(m.dtype.newbyteorder("<"), copy=False).view(np.uint8)
+        by = by.reshape(m.shape + (nbytes,))
+        for k in range(nbytes):
+            tot = np.add.reduce(_SPREAD[by[..., k]], axis=-1, dtype=np.uint64)
+            out[..., 8 * k:8 * k + 8] = tot[..., None].view(np.uint8)
+    else:
+        for p in range(P):
+            out[..., p] = np.add.reduce((m >> m.dtype.type(p)) & m.dtype.type(1), axis=-1, dtype=np.int32)
+    return out[..., :P]
 
 
 def _recode_units_general(V, perm, S, cell_bits, P, n_planes_sm, signed, twos_complement, max_digits,
@@ -833,15 +932,18 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     # baseline: sign-magnitude as slice-bits cuts it without this pass
     P_sm = n_planes_sm = n_planes(int(math.log2(qmax + 1)) + 1, cell_bits, "split", signed_digit=False)
     binary = cell_bits == 1 and P <= 64
+    Vu = sm = None
     if binary:   # bit masks: popcounts of |v| and of the per-unit OR of the sign-split magnitudes
-        Vb = _units_layout(V, perm, S)
+        Vu = _units_layout(V, perm, S)
+        Vb = Vu.astype(np.int32) if P <= 29 else Vu       # |v| < 2**P
         mag = np.abs(Vb)
         if np.any(mag >> n_planes_sm):
             raise ValueError(f"weights need more than {n_planes_sm} planes of {cell_bits} bits")
         info["digits_per_weight_binary"] = float(_popcount_sum(mag)) / max(n_w, 1)
-        info["nonempty_segments_sign_magnitude"] = int(_unit_stats(np.where(Vb > 0, mag, 0),
-                                                                   np.where(Vb < 0, mag, 0))[0].sum())
-        del Vb, mag
+        dt = _mask_dtype(P)
+        sm = (np.where(Vb > 0, mag, 0).astype(dt), np.where(Vb < 0, mag, 0).astype(dt))
+        info["nonempty_segments_sign_magnitude"] = int(_unit_stats(*sm)[0].sum())
+        del mag
     else:
         d_sm_base = sign_magnitude_digits(V, cell_bits, n_planes_sm)
         info["digits_per_weight_binary"] = float(np.count_nonzero(d_sm_base)) / max(n_w, 1)
@@ -853,23 +955,28 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     if max_digits is not None:
         Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
         V = np.where(frozen, 0, Vk)
+        if binary:
+            Vu = _units_layout(V, perm, S)
+            Vb = Vu.astype(np.int32) if P <= 29 else Vu
+            sm = None
 
     # step 1: recoding; per unit the form with the fewest non-empty segments
     if binary:
-        Du = _binary_unit_forms(_units_layout(V, perm, S), P, n_planes_sm, signed, twos_complement,
-                                max_digits, info)
+        Du, N0 = _binary_unit_forms(Vb, P, n_planes_sm, signed, twos_complement, max_digits, info, sm=sm)
+        del Vb, sm
     else:
         Du = _recode_units_general(V, perm, S, cell_bits, P, n_planes_sm, signed, twos_complement,
                                    max_digits, info)
-    N0 = segment_counts(Du)
+        N0 = segment_counts(Du)
     info["digits_per_weight_recoded"] = float(N0.sum(dtype=np.int64)) / max(n_w, 1)
     info["nonempty_segments_recoded"] = int(np.count_nonzero(N0))
     info["segments"] = int(2 * P * G * Du.shape[1] * C)
 
     # step 3: clearing
-    Vu = _units_layout(V, perm, S)
+    if Vu is None:
+        Vu = _units_layout(V, perm, S)
     Tu = _units_layout(np.asarray(T, np.float64), perm, S)
-    E_cur = float(np.sum(s2 * (T - V) ** 2))
+    E_cur = layer_error_power(T, V, scale)
     allowed = (1.0 + budget) * E_q
     cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed,
                   compensate == "all")
@@ -903,7 +1010,10 @@ def layer_targets(node) -> tuple[np.ndarray, np.ndarray]:
 def layer_error_power(T: np.ndarray, V: np.ndarray, s: np.ndarray) -> float:
     """``sum_o s_o^2 sum_r (t - v)^2`` (float units)."""
     G, R, C = T.shape
-    return float(np.sum((np.asarray(s, np.float64) ** 2).reshape(G, 1, C) * (T - V) ** 2))
+    d = np.subtract(T, V, dtype=np.float64)       # in place: s^2 * (T - V)^2, the same numbers
+    d *= d
+    d *= (np.asarray(s, np.float64) ** 2).reshape(G, 1, C)
+    return float(np.sum(d))
 
 
 @register

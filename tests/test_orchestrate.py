@@ -211,3 +211,72 @@ def test_lower_plane_compensation_keeps_the_budget():
     assert E <= 2.0 * E_q * (1 + 1e-9)
     st = res.ctx.stats["orchestrate-bits"]["nonempty_segments"]
     assert st["final"] < st["recoded"]
+
+
+# ---------------------------------------------------------------------------------------- fast paths
+# The vectorized fast paths must give exactly what the general digit-array code gives.
+
+def _random_units(seed, G=2, nb=3, C=5, S=16, wb=8):
+    rng = np.random.default_rng(seed)
+    q = 2 ** (wb - 1) - 1
+    V = np.clip(np.rint(rng.laplace(0, q / 6, (G, nb, C, S))), -q, q).astype(np.int64)
+    V[0, 0, 0] = np.arange(S) - S // 2          # a unit of small mixed values
+    V[0, 0, 1] = 0                               # an empty unit
+    V[-1, -1, -1] = -q                           # a unit needing every plane
+    return V
+
+
+@pytest.mark.parametrize("signed,tc,maxd", [(True, True, None), (True, False, None), (False, True, None),
+                                            (True, True, 3)])
+def test_binary_unit_forms_equal_the_digit_array_path(signed, tc, maxd):
+    from xbc.passes.orchestrate_bits import _binary_unit_forms, _recode_units_general, segment_counts
+    for seed in range(3):
+        Vu = _random_units(seed)
+        G, nb, C, S = Vu.shape
+        V = Vu.transpose(0, 1, 3, 2).reshape(G, nb * S, C)       # identity row order
+        perm = np.tile(np.arange(nb * S), (G, 1))
+        i1, i2 = {}, {}
+        D1 = _recode_units_general(V, perm, S, 1, 8, 7, signed, tc, maxd, i1)
+        D2, N2 = _binary_unit_forms(Vu.astype(np.int32), 8, 7, signed, tc, maxd, i2)
+        assert D2.dtype == np.int8 and np.array_equal(D1, D2) and i1 == i2
+        assert np.array_equal(segment_counts(D1), N2)
+
+
+def test_naf_digits_and_digits_value_match_the_definitions():
+    from xbc.passes.orchestrate_bits import naf_masks
+    v = np.arange(-(2 ** 11), 2 ** 11).reshape(64, 64)[:, ::-1]     # not contiguous
+    d = naf_digits(v, 13)
+    ref = np.zeros((13,) + v.shape, np.int8)                        # NAF by the textbook loop
+    n = v.copy()
+    for p in range(13):
+        r = np.where(n % 2 != 0, 2 - (n % 4), 0)
+        ref[p] = r
+        n = (n - r) // 2
+    assert np.array_equal(d, ref)
+    pm, nm = naf_masks(v, 13)
+    assert pm.dtype == np.uint16 and not np.any(pm & nm)
+    for P, cb, dt in ((8, 1, np.int8), (4, 2, np.int8), (24, 1, np.int8), (5, 3, np.int16), (40, 1, np.int64)):
+        dg = np.random.default_rng(P).integers(-(2 ** cb - 1), 2 ** cb, (P, 3, 7)).astype(dt)
+        naive = sum(dg[p].astype(np.int64) * (1 << (cb * p)) for p in range(P))
+        out = digits_value(dg, cb)
+        assert out.dtype == np.int64 and np.array_equal(out, naive)
+
+
+@pytest.mark.parametrize("near_integers", [False, True])
+def test_clearer_fast_costs_equal_the_general_evaluation(near_integers, monkeypatch):
+    from xbc.passes.orchestrate_bits import _binary_unit_forms, _Clearer, segment_counts
+    rng = np.random.default_rng(7)
+    Vu = _random_units(3)
+    T = Vu + rng.uniform(-0.5, 0.5, Vu.shape)
+    if near_integers:          # targets a hair above an integer: the rounded-key branch
+        T[::2] = Vu[::2] + 1e-15
+    Du, N = _binary_unit_forms(Vu.astype(np.int32), 8, 7, True, True, None, {})
+    s2 = rng.uniform(0.5, 2.0, (Vu.shape[0], 1, Vu.shape[2], 1))
+    cl = _Clearer(Du.copy(), Vu.copy(), T, s2, 1, 127)
+    g, b, c, p, s = np.nonzero(N > 0)
+    fast = cl.evaluate(g, b, c, p, s, N, cost_only=True)[0]
+    general = cl.evaluate(g, b, c, p, s, N)[0]
+    assert np.array_equal(fast, general) and np.isfinite(fast).any()
+    monkeypatch.setattr(_Clearer, "DENSE_MAX", 0)           # wide weights: binary search instead
+    cl2 = _Clearer(Du.copy(), Vu.copy(), T, s2, 1, 127)
+    assert np.array_equal(cl2.evaluate(g, b, c, p, s, N, cost_only=True)[0], fast)

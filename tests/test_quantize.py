@@ -236,3 +236,16 @@ def test_resize_bilinear_half_pixel():
     np.testing.assert_allclose(out.ravel(), [0.5, 2.5])
     same = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
     np.testing.assert_allclose(resize_bilinear(same, 5, 7), same, atol=1e-6)
+
+
+def test_weight_scales_do_not_depend_on_channel_blocks():
+    """Channels are processed in cache-sized blocks in the matrix's own memory order: the scales
+    equal those of one pass over the whole matrix, bit for bit, for C- and F-ordered matrices."""
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((300, 200)) * rng.uniform(0.1, 2.0, 200)
+    W[:, 5] = 0.0
+    for X in (W, np.asfortranarray(W), W[:, ::-1]):
+        for bits, pow2 in ((8, False), (4, False), (16, False), (6, True)):
+            whole = qmath.choose_weight_scales(X, bits, pow2, block_bytes=1 << 40)
+            blocked = qmath.choose_weight_scales(X, bits, pow2, block_bytes=300 * 8 * 8)
+            assert np.array_equal(whole, blocked)

@@ -89,3 +89,63 @@ def test_swap_refinement_improves_iid_rows():
     p4, i4 = choose_row_perm(D, 128, swap_rounds=4)
     assert i4["chosen"] < i0["chosen"] < i0["identity"]          # measured 3142 < 3169 < 3211
     assert i4["chosen"] == _segments(D, p4, 128)
+
+
+# ---------------------------------------------------------------------------------------- fast paths
+
+def _droppable_reference(digits, row_perm, col_perm, S, Cx):
+    """The per (group, sign, plane, block) loop that defines droppable_row_slots."""
+    P, G, R, C = digits.shape
+    nb = -(-R // S)
+    total = 0
+    for g in range(G):
+        D = digits[:, g][:, row_perm[g]][:, :, col_perm[g]]
+        Dp = np.zeros((P, nb * S, C), np.int8)
+        Dp[:, :R] = D
+        for sgn in (1, -1):
+            Xs = (Dp * sgn > 0).reshape(P, nb, S, C)
+            nonempty = Xs.any(axis=2)
+            for p in range(P):
+                for b in range(nb):
+                    cols = np.flatnonzero(nonempty[p, b])
+                    if len(cols) == 0:
+                        continue
+                    rows_used = min(S, R - b * S)
+                    blk = Xs[p, b, :rows_used][:, cols]
+                    n_chunks = -(-len(cols) // Cx)
+                    pad = np.zeros((rows_used, n_chunks * Cx), bool)
+                    pad[:, :len(cols)] = blk
+                    total += int((~pad.reshape(rows_used, n_chunks, Cx).any(axis=2)).sum())
+    return total
+
+
+def test_droppable_row_slots_and_masks_match_the_definitions():
+    from xbc.passes.reorder import (droppable_row_slots, feature_support, feature_support_mask, nonempty_count,
+                                    nonempty_count_mask, row_support, support_mask)
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        P, G, R, C = int(rng.integers(1, 9)), int(rng.integers(1, 3)), int(rng.integers(5, 150)), int(rng.integers(1, 30))
+        S, Cx = int(rng.choice([8, 32])), int(rng.choice([4, 16]))
+        D = ((rng.random((P, G, R, C)) < 0.3) * rng.choice([-1, 1], (P, G, R, C))).astype(np.int8)
+        rp = np.stack([rng.permutation(R) for _ in range(G)])
+        cp = np.stack([rng.permutation(C) for _ in range(G)])
+        assert droppable_row_slots(D, rp, cp, S, Cx) == _droppable_reference(D, rp, cp, S, Cx)
+        M = support_mask(D[:, 0])
+        assert np.array_equal(feature_support(D[:, 0]), row_support(D[:, 0]).T)
+        assert np.array_equal(feature_support_mask(M, P), row_support(D[:, 0]).T)
+        assert nonempty_count_mask(M, rp[0], S) == nonempty_count(row_support(D[:, 0]), rp[0], S)
+
+
+def test_rarity_ties_keep_row_order():
+    from xbc.passes.reorder import rarity_order, support_mask
+    rng = np.random.default_rng(5)
+    D = ((rng.random((8, 1, 40, 24)) < 0.3) * rng.choice([-1, 1], (8, 1, 40, 24))).astype(np.int8)[:, 0]
+    D[:, 10:40:3] = D[:, 7:8]                      # equal supports: equal scores, kept in row order
+    order = rarity_order(support_mask(D), 8)
+    same = [int(r) for r in order if r == 7 or (10 <= r < 40 and (r - 10) % 3 == 0)]
+    assert same == sorted(same)
+    from xbc.passes.reorder import row_support
+    X = row_support(D).astype(np.float64)           # and the order is the float score's order
+    nf = X.sum(axis=0)
+    score = X @ np.where(nf > 0, np.log(40 / np.maximum(nf, 1)), 0.0)
+    assert np.all(np.diff(score[order]) <= 1e-9)

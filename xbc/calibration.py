@@ -202,22 +202,25 @@ def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[s
 
     if method not in ("minmax", "percentile"):
         raise OptionError(f"calibration method {method!r}; allowed: minmax, percentile")
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = model           # the extra outputs are added for the session only, then removed (no copy)
+    n_outputs = len(m.graph.output)
     existing = {o.name for o in m.graph.output}
     input_names = {i.name for i in m.graph.input}
     shapes = shapes or {}
     elem_types = elem_types or {}
     wanted = [n for n in dict.fromkeys(value_names)]
-    for name in wanted:
-        if name in existing or name in input_names:
-            continue
-        m.graph.output.append(helper.make_tensor_value_info(name, elem_types.get(name, onnx.TensorProto.FLOAT),
-                                                            shapes.get(name)))
-    feeds_list = _chunks(calib, m)
-    if not feeds_list:
-        raise CalibrationError("calibration data holds no samples")
-    sess = ortutil.session(m)
+    try:
+        for name in wanted:
+            if name in existing or name in input_names:
+                continue
+            m.graph.output.append(helper.make_tensor_value_info(name, elem_types.get(name, onnx.TensorProto.FLOAT),
+                                                                shapes.get(name)))
+        feeds_list = _chunks(calib, m)
+        if not feeds_list:
+            raise CalibrationError("calibration data holds no samples")
+        sess = ortutil.session(m)
+    finally:
+        del m.graph.output[n_outputs:]
     fetch = [n for n in wanted if n not in input_names]
     lo = {n: np.inf for n in wanted}
     hi = {n: -np.inf for n in wanted}

@@ -339,7 +339,7 @@ def digits_value(digits: np.ndarray, cell_bits: int) -> np.ndarray:
     small = digits.dtype.itemsize == 1 and P * cell_bits <= 30 - 8 + cell_bits
     acc = digits[P - 1].astype(np.int32 if small else np.int64)
     for p in range(P - 2, -1, -1):
-        acc <<= cell_bits
+        acc *= 1 << cell_bits
         acc += digits[p]
     return acc.astype(np.int64, copy=False)
 

@@ -153,14 +153,18 @@ def choose_weight_scales(X: np.ndarray, bits: int, pow2: bool = False, refine: i
     """Min-MSE scales for the columns of ``X`` (``[rows, channels]`` float64): ``[channels]``.
 
     See the module docstring. A channel whose weights are all 0 gets scale 1. Channels are
-    independent: they are processed in contiguous blocks of about ``block_bytes`` (every
-    candidate scale of a block while it is in cache); each channel's sums run over its rows in
-    the same order as on the whole matrix, so the result does not depend on the blocking.
+    independent: a C- or F-contiguous ``X`` is processed in blocks of channels of about
+    ``block_bytes``, in ``X``'s own memory order (every candidate scale of a block while it is in
+    cache); each channel's sums then run over its rows exactly as on the whole matrix, so the
+    result does not depend on the blocking.
     """
     X = np.asarray(X, np.float64)
     R, K = X.shape
     kb = max(8, (block_bytes // max(8 * R, 1)) // 8 * 8)
-    if K > kb:
+    # blocks keep X's memory order (the order numpy sums each channel's rows in)
+    if K > kb and X.flags.f_contiguous:          # column blocks are contiguous views
+        return np.concatenate([_choose_weight_scales(X[:, a:a + kb], bits, pow2, refine) for a in range(0, K, kb)])
+    if K > kb and X.flags.c_contiguous:
         return np.concatenate([_choose_weight_scales(np.ascontiguousarray(X[:, a:a + kb]), bits, pow2, refine)
                                for a in range(0, K, kb)])
     return _choose_weight_scales(X, bits, pow2, refine)
@@ -230,10 +234,13 @@ def weight_error(W: np.ndarray, w_int: np.ndarray, w_scale: np.ndarray, kind: st
                  attrs: dict | None = None) -> tuple[float, float]:
     """(signal power ``sum w^2``, error power ``sum (w - s*w_int)^2``) of a layer, float64."""
     M = to_matrix(kind, np.asarray(W, np.float64), groups, attrs)
-    Q = to_matrix(kind, np.asarray(w_int, np.float64), groups, attrs)
+    E = to_matrix(kind, np.array(w_int, np.float64), groups, attrs)   # a fresh array: worked in place
     G, R, C = M.shape
-    E = M - Q * np.asarray(w_scale, np.float64).reshape(G, 1, C)
-    return float(np.sum(M * M)), float(np.sum(E * E))
+    E *= np.asarray(w_scale, np.float64).reshape(G, 1, C)
+    np.subtract(M, E, out=E)                                        # E = M - Q * s
+    sig = float(np.sum(M * M))
+    E *= E
+    return sig, float(np.sum(E))
 
 
 def sqnr_db(signal_power: float, error_power: float) -> float:
