@@ -398,6 +398,21 @@ def qdq_model(seed=14) -> onnx.ModelProto:
     return make(nodes, [_vi("x", [1, cin, 4, 4])], [_vi("y", [1, N])], inits, name="qdq")
 
 
+def gemm_mlp(seed=16) -> onnx.ModelProto:
+    """Two Gemm layers (transB=1 with bias; transB=0 with alpha and beta): onnxruntime's
+    QOperator quantizer turns them into com.microsoft QGemm."""
+    r = np.random.default_rng(seed)
+    W1 = (r.standard_normal((32, 16)) * 0.2).astype(np.float32)
+    b1 = (r.standard_normal(32) * 0.1).astype(np.float32)
+    W2 = (r.standard_normal((32, 10)) * 0.2).astype(np.float32)
+    b2 = (r.standard_normal(10) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["hr"]),
+             helper.make_node("Gemm", ["hr", "W2", "b2"], ["y"], name="fc2", alpha=0.5, beta=2.0)]
+    return make(nodes, [_vi("x", [2, 16])], [_vi("y", [2, 10])],
+                [_t("W1", W1), _t("b1", b1), _t("W2", W2), _t("b2", b2)], name="gemm_mlp")
+
+
 def qlinear_model(seed=15) -> onnx.ModelProto:
     """QOperator format: QuantizeLinear -> QLinearConv (int8 per-channel weight, int32 bias) ->
     QLinearMatMul -> outputs in uint8; plus a dynamic-quantized branch DynamicQuantizeLinear ->

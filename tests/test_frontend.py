@@ -441,7 +441,8 @@ def test_models_from_onnxruntime_quantizer(tmp_path, fmt):
         pass
 
     for name, model, shape, n_layers in (("bottleneck", fm.resnet_bottleneck(), (1, 32, 8, 8), 3),
-                                         ("encoder", fm.transformer_block(), (1, 8, 16), 7)):
+                                         ("encoder", fm.transformer_block(), (1, 8, 16), 7),
+                                         ("mlp", fm.gemm_mlp(), (2, 16), 2)):
         src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}_{fmt}.onnx"
         onnx.save(model, str(src))
         if fmt == "dynamic":
@@ -454,7 +455,10 @@ def test_models_from_onnxruntime_quantizer(tmp_path, fmt):
         g = load_model(dst)
         layers = list(g.layers())
         quantized = sum(1 for n in q.graph.node if n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger",
-                                                                   "MatMulInteger"))
+                                                                   "MatMulInteger", "QGemm"))
+        if name == "mlp" and fmt == "qoperator":   # onnxruntime's contrib QGemm, read back as a layer
+            assert sum(n.op_type == "QGemm" and n.domain == "com.microsoft" for n in q.graph.node) == 2
+            assert sum(n.meta.get("prequant_from") == "QGemm" for n in g.layers()) == 2
         assert len(layers) == n_layers, (name, fmt)
         with_prequant = [n for n in layers if n.layer.prequant is not None]
         if fmt != "qdq":

@@ -22,8 +22,9 @@ Steps (each failure is a :class:`~xbc.errors.ModelError` naming the file, node, 
    * ``QLinearConv``/``QLinearMatMul`` -> ``DequantizeLinear(x)`` -> float ``Conv``/``MatMul``
      with the dequantized weight (QLinearConv's int32 bias becomes ``B * x_scale * w_scale``)
      -> ``QuantizeLinear``; ``ConvInteger``/``MatMulInteger`` -> ``DequantizeLinear(x, 1, x_zp)``
-     -> float op with ``w - w_zp`` -> ``Round`` -> ``Cast(int32)``. The layer keeps the integer
-     weight in ``layer.prequant``.
+     -> float op with ``w - w_zp`` -> ``Round`` -> ``Cast(int32)``; onnxruntime's ``QGemm``
+     (com.microsoft) -> ``DequantizeLinear(A)`` -> float ``Gemm`` -> ``QuantizeLinear`` (or the
+     float output as is). The layer keeps the integer weight in ``layer.prequant``.
    * ``MatMul(W, x)`` with a constant left ``W[n,k]``:
      ``Transpose(MatMul(Transpose(x), W^T))`` (a 1-D ``x``: ``MatMul(x, W^T)``), since
      ``W @ x = (x^T @ W^T)^T``.
@@ -857,6 +858,66 @@ def _rewrite_qlinear(graph: Graph, node: Node) -> bool:
     return True
 
 
+def _rewrite_qgemm(graph: Graph, node: Node) -> bool:
+    """com.microsoft ``QGemm`` (onnxruntime's QOperator quantizer writes it for Gemm) ->
+    ``DequantizeLinear(A)`` -> float ``Gemm`` with the dequantized weight (same ``alpha``,
+    ``transA``, ``transB``; the int32 bias ``C``, which onnxruntime adds to the integer sum before
+    the output scale ``alpha * a_scale * b_scale``, becomes ``C * alpha * a_scale * b_scale``) ->
+    ``QuantizeLinear(y_scale, y_zp)`` when the op has a quantized output. The layer keeps the
+    integer weight in ``layer.prequant``."""
+    ins = list(node.inputs) + [None] * 9
+    A, As, Az, B, Bs, Bz, C, Ys, Yz = ins[:9]
+    y = node.outputs[0]
+    if B is None or B.const is None or B.const.ndim != 2 or A is None or A.shape is None or y.shape is None:
+        return False
+    if Bs is None or Bs.const is None or As is None or (Bz is not None and Bz.const is None):
+        return False
+    if not (_scalar_like(As) and _scalar_like(Az) and _scalar_like(Ys) and _scalar_like(Yz)):
+        return False
+    if C is not None and (C.const is None or As.const is None):
+        return False
+    transB = int(node.attr("transB", 0))
+    fdt = np.dtype(Bs.const.dtype)
+    f_et = elem_type_of(np.zeros((), fdt))
+    base = node.name
+    Wf, meta = _dequant(B.const, Bs.const, None if Bz is None else Bz.const, 0 if transB else 1)
+    wv = _const(graph, B.name + "_dq", Wf, meta)
+    dq_in = [A, _scalar_param(graph, As)] + ([_scalar_param(graph, Az)] if Az is not None else [])
+    xf = graph.make_node("DequantizeLinear", dq_in, 1, name=base + "_dqx", shapes=[A.shape],
+                         elem_types=[f_et], before=node).outputs[0]
+    f_inputs = [xf, wv]
+    if C is not None:
+        N = Wf.shape[0] if transB else Wf.shape[1]
+        asc = float(np.asarray(As.const, np.float64).reshape(-1)[0])
+        bsc = np.broadcast_to(np.asarray(Bs.const, np.float64).reshape(-1), (N,))
+        alpha = float(node.attr("alpha", 1.0))   # onnxruntime adds C to the int32 sum, then scales by alpha
+        Cf = C.const.astype(np.float64) * (alpha * asc) * bsc
+        f_inputs.append(graph.add_const(C.name + "_f", Cf.astype(fdt)))
+    attrs = {k: node.attrs[k] for k in ("alpha", "transA", "transB") if k in node.attrs}
+    types = {k: node.attr_types[k] for k in attrs if k in node.attr_types}
+    if Ys is None:      # float output: the float Gemm replaces the node in place
+        fnode = graph.make_node("Gemm", f_inputs, 1, name=base + "_float", attrs=attrs, attr_types=types,
+                                shapes=[y.shape], elem_types=[f_et], before=node)
+        dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
+        dummy.producer = node
+        node.outputs[0] = dummy
+        y.producer = None
+        _produce(graph, "Identity", [fnode.outputs[0]], y, after=node, name=base + "_out")
+    else:
+        fnode = graph.make_node("Gemm", f_inputs, 1, name=base + "_float", attrs=attrs, attr_types=types,
+                                shapes=[y.shape], elem_types=[f_et], before=node)
+        dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
+        dummy.producer = node
+        node.outputs[0] = dummy
+        y.producer = None
+        _produce(graph, "QuantizeLinear", [fnode.outputs[0], _scalar_param(graph, Ys)]
+                 + ([_scalar_param(graph, Yz)] if Yz is not None else []), y, after=node,
+                 name=base + "_quantizelinear")
+    graph.remove_node(node)
+    fnode.meta["prequant_from"] = "QGemm"
+    return True
+
+
 def _rewrite_matmul_left(graph: Graph, node: Node) -> bool:
     A, B = node.inputs[0], node.inputs[1]
     if not _is_float_const(A) or B is None or B.const is not None or A.const.ndim != 2 or B.shape is None:
@@ -1032,10 +1093,12 @@ def canonicalize(graph: Graph, where: str = "model") -> int:
     """Rewrite crossbar ops into the canonical forms the Layer contract assumes (module docstring)."""
     changed = 0
     for node in list(graph.nodes):
-        if node.graph is not graph or node.domain != "" or node.layer is not None:
+        if node.graph is not graph or node.layer is not None:
             continue
         op = node.op_type
-        if op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+        if node.domain == "com.microsoft" and op == "QGemm":
+            changed += _rewrite_qgemm(graph, node)
+        elif node.domain == "" and op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
             changed += _rewrite_qlinear(graph, node)
     for node in list(graph.nodes):
         if node.graph is not graph or node.domain != "" or node.layer is not None:
