@@ -12,6 +12,7 @@ PASS_MODULES = (
     "orchestrate_bits",
     "reorder",
     "cim_sparsity",
+    "bias_correct",
     "slice_bits",
     "squeeze",
     "adc_size",

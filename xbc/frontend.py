@@ -171,6 +171,43 @@ def max_supported_opset() -> int:
     return lo
 
 
+@functools.lru_cache(maxsize=1)
+def max_supported_ir_version() -> int:
+    """Newest IR version onnxruntime loads (probed once). onnx's helper.make_model writes the
+    onnx package's own IR version, which may be newer than the installed onnxruntime reads;
+    the IR version only names the file format, so xbc writes at most this one."""
+    hi = onnx.IR_VERSION
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover
+        return hi
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+
+    def ok(v: int) -> bool:
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", 1, [1])],
+                              [helper.make_tensor_value_info("y", 1, [1])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = v
+        try:
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return True
+        except Exception:
+            return False
+
+    lo = 7
+    if not ok(lo):  # pragma: no cover - very old onnxruntime
+        return lo
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -629,7 +666,8 @@ def load_model(src: str | Path | onnx.ModelProto,
     graph = onnx_to_ir(model, where)
     for v in graph.inputs:
         v.shape = shapes[v.name]
-    graph.model_meta["ir_version"] = max(model.ir_version, _min_ir_version(model.opset_import))
+    graph.model_meta["ir_version"] = max(min(model.ir_version, max_supported_ir_version()),
+                                         _min_ir_version(model.opset_import))
     normalize_contrib_qdq(graph)
     infer_graph_shapes(graph, where)
 

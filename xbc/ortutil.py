@@ -17,8 +17,16 @@ def session(model: onnx.ModelProto, threads: int = 1):
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from .frontend import max_supported_ir_version  # noqa: PLC0415
+
+    ir = model.ir_version
+    try:    # a model written by a newer onnx than onnxruntime reads: the IR version names the format only
+        model.ir_version = min(ir, max_supported_ir_version())
+        data = model.SerializeToString()
+    finally:
+        model.ir_version = ir
     try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ModelError(f"onnxruntime cannot load the model: {e}") from None
 

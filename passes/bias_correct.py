@@ -1,0 +1,188 @@
+"""bias-correct: remove the mean output shift that weight rounding and the lossy passes cause.
+
+Quantization and the lossy passes after it (orchestrate-bits' clearing, cim-sparsity's pruning)
+replace a layer's float weights ``W`` by effective weights ``W_q`` (``w_int * w_scale``, in the
+weight tensor's own layout). The error ``dW = W_q - W`` is small per weight but not zero-mean
+against the layer's input: on output channel ``o`` it shifts the output by
+
+    delta[o] = E_{samples, positions}[ (dW (*) x)[o] ]
+
+where ``(*)`` is the layer's own op (Conv, ConvTranspose, Gemm, MatMul with its attributes).
+Because the op is linear and independent along the input's leading axis (the batch, or the rows
+of a 2-D Gemm/MatMul input), ``delta`` is exactly the op applied to the mean input
+``xbar = E[x]`` over that axis, averaged over every output axis except the channel axis (axis
+1 for Conv/ConvTranspose, the last for Gemm/MatMul); border positions of a padded conv are
+accounted for exactly, since the op itself pads ``xbar``. The pass sets the bias to ``b - delta``
+(Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction",
+ICCV 2019, in its empirical form), which makes the mean of every layer's output over the
+calibration data equal that of the float layer. A layer without a bias gets one (Conv,
+ConvTranspose, Gemm: the bias input; MatMul: an ``Add`` after it, a digital op).
+
+Calibration data: ``ctx.calibration`` as in quantize, else the same synthetic default
+(``samples`` N(0,1) inputs drawn with ``ctx.seed``) and a warning. onnxruntime runs the float
+graph once over it with every layer input exposed; then one small graph applies every layer's
+``dW`` to its ``xbar``. Run it after the last pass that changes integer weights.
+
+Stats: per layer the RMS and the largest ``|delta|`` (``shift_rms``, ``shift_max``, in the
+layer's output units); in total the number of layers corrected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from xbc.calibration import _chunks, synthetic_calibration
+from xbc.errors import ModelError, OptionError
+from xbc.ir import Graph, elem_type_of, make_onnx_attribute
+from xbc.layer import from_matrix, to_matrix
+from xbc.passmanager import Pass, PassContext, PassResult, register
+
+
+def effective_weight_error(node) -> np.ndarray:
+    """``W_q - W`` in the weight tensor's layout (float64); Gemm's ``alpha`` as quantize folds it."""
+    L = node.layer
+    q = L.quant
+    W = np.asarray(L.weight_value(node).const, np.float64)
+    M = to_matrix(L.kind, W, L.groups, node.attrs)
+    if L.kind == "gemm":
+        M = M * float(node.attrs.get("alpha", 1.0))
+    s = np.asarray(q.w_scale, np.float64).reshape(L.groups, 1, L.cols)
+    Mq = to_matrix(L.kind, np.asarray(q.w_int, np.float64), L.groups, node.attrs) * s
+    return from_matrix(L.kind, Mq - M, W.shape, L.groups, node.attrs)
+
+
+def layer_input_means(graph: Graph, layers, calib: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean of every layer input over the calibration data and its leading axis (kept, size 1)."""
+    from xbc import ortutil  # noqa: PLC0415
+
+    model = graph.to_onnx()
+    names = list(dict.fromkeys(n.inputs[0].name for n in layers))
+    graph_inputs = {i.name for i in model.graph.input}
+    existing = {o.name for o in model.graph.output}
+    by_name = {n.inputs[0].name: n.inputs[0] for n in layers}
+    for name in names:
+        if name not in existing and name not in graph_inputs:
+            v = by_name[name]
+            model.graph.output.append(helper.make_tensor_value_info(name, v.elem_type or onnx.TensorProto.FLOAT,
+                                                                    list(v.shape) if v.shape else None))
+    feeds_list = _chunks(calib, model)
+    sess = ortutil.session(model)
+    fetch = [n for n in names if n not in graph_inputs]
+    acc: dict[str, np.ndarray] = {}
+    for feeds in feeds_list:
+        try:
+            res = dict(zip(fetch, sess.run(fetch, feeds))) if fetch else {}
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"onnxruntime failed on the calibration data: {e}") from None
+        for n in names:
+            a = np.asarray(feeds[n] if n in graph_inputs else res[n], np.float64)
+            m = a.mean(axis=0, keepdims=True) if a.ndim else a
+            acc[n] = acc[n] + m if n in acc else m
+    return {n: a / max(len(feeds_list), 1) for n, a in acc.items()}
+
+
+def output_shifts(graph: Graph, layers, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``delta[o]`` per layer: its op with weight ``dW`` on ``xbar``, averaged over all but the
+    channel axis (one onnxruntime session for all layers)."""
+    from xbc import ortutil  # noqa: PLC0415
+
+    nodes, inits, outs, inputs, feeds = [], [], [], [], {}
+    for i, n in enumerate(layers):
+        L = n.layer
+        wdt = np.asarray(L.weight_value(n).const).dtype
+        if not np.issubdtype(wdt, np.floating):
+            wdt = np.dtype(np.float32)
+        xname, wname, yname = f"x{i}", f"w{i}", f"y{i}"
+        xbar = means[n.inputs[0].name].astype(wdt)
+        feeds[xname] = xbar
+        inputs.append(helper.make_tensor_value_info(xname, elem_type_of(xbar), list(xbar.shape)))
+        inits.append(numpy_helper.from_array(effective_weight_error(n).astype(wdt), wname))
+        attrs = {k: v for k, v in n.attrs.items() if k not in ("alpha", "beta")}
+        nd = helper.make_node(n.op_type, [xname, wname], [yname], name=f"dw{i}")
+        nd.attribute.extend(make_onnx_attribute(k, v, n.attr_types.get(k)) for k, v in attrs.items())
+        nodes.append(nd)
+        outs.append(helper.make_tensor_value_info(yname, elem_type_of(xbar), None))
+    g = helper.make_graph(nodes, "bias_correct", inputs, outs, inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset_imports.get("", 17))])
+    model.ir_version = max(8, int(graph.model_meta.get("ir_version", 8)))
+    res = ortutil.run(model, feeds)
+    out = {}
+    for i, n in enumerate(layers):
+        y = np.asarray(res[f"y{i}"], np.float64)
+        axis = 1 if n.layer.kind in ("conv", "conv_transpose") else y.ndim - 1
+        out[n.layer.id] = np.moveaxis(y, axis, 0).reshape(y.shape[axis], -1).mean(axis=1)
+    return out
+
+
+def _set_bias(graph: Graph, node, new_bias: np.ndarray) -> None:
+    from xbc.frontend import _produce, _replace_output  # noqa: PLC0415
+
+    L = node.layer
+    if L.kind == "matmul":
+        y = node.outputs[0]
+        b = graph.add_const(node.name + "_bias_correction", new_bias.astype(np.dtype(np.float32) if y.elem_type is None
+                                                                          else np.asarray(node.inputs[1].const).dtype))
+        fresh, orig = _replace_output(graph, node, 0, y.shape, y.elem_type)
+        _produce(graph, "Add", [fresh, b], orig, after=node, name=node.name + "_bias_correction")
+        return
+    wdt = np.asarray(L.weight_value(node).const).dtype
+    v = graph.add_const(node.name + "_bias_corrected", new_bias.astype(wdt))
+    while len(node.inputs) < 3:
+        node.inputs.append(None)
+    node.set_input(2, v)
+    L.bias_input = 2
+
+
+@register
+@dataclass(frozen=True)
+class BiasCorrect(Pass):
+    name: ClassVar[str] = "bias-correct"
+    summary: ClassVar[str] = "bias correction: cancel the mean output shift of the quantized weights (calibration data)"
+
+    samples: int = 8             # synthetic calibration samples when ctx.calibration is None
+
+    def __post_init__(self):
+        if self.samples < 1:
+            raise OptionError(f"bias-correct: samples = {self.samples} must be at least 1")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        layers = [n for n in graph.layers() if n.layer.quant is not None]
+        if not layers:
+            return PassResult(False, {"layers": 0, "corrected": 0, "per_layer": {}})
+        calib = ctx.calibration
+        if calib is None:
+            calib = synthetic_calibration(graph.to_onnx(), seed=ctx.seed, samples=self.samples)
+            ctx.warn(f"no calibration data: the mean layer inputs come from {self.samples} random N(0,1) "
+                     f"inputs (seed {ctx.seed}); pass --calibration for real data")
+        means = layer_input_means(graph, layers, calib)
+        shifts = output_shifts(graph, layers, means)
+        per_layer, corrected = {}, 0
+        for node in ctx.each_layer(graph):
+            L = node.layer
+            if L.quant is None:
+                continue
+            delta = shifts[L.id]
+            cout = L.out_channels
+            if L.kind == "matmul" or L.bias_input is None or node.inputs[L.bias_input] is None:
+                b = np.zeros(cout, np.float64)
+            else:
+                bv = np.asarray(node.inputs[L.bias_input].const, np.float64)
+                if L.kind == "gemm":
+                    bv = bv * float(node.attrs.get("beta", 1.0))
+                    node.attrs.pop("beta", None)
+                    node.attr_types.pop("beta", None)
+                b = np.broadcast_to(bv.reshape(-1), (cout,)).astype(np.float64)
+            per_layer[L.id] = {"shift_rms": float(np.sqrt(np.mean(delta ** 2))),
+                               "shift_max": float(np.abs(delta).max(initial=0.0))}
+            if not np.any(delta):
+                continue
+            _set_bias(graph, node, b - delta)
+            corrected += 1
+        if corrected:
+            graph.topo_sort()
+        return PassResult(corrected > 0, {"layers": len(layers), "corrected": corrected, "per_layer": per_layer})
