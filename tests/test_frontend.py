@@ -544,3 +544,24 @@ def test_opset_newer_than_onnxruntime_is_an_error():
                 opset=top + 1, ir_version=11, check=False)
     with pytest.raises(ModelError, match=rf"opset {top + 1} is newer than supported .* up to {top}\)"):
         load_model(m)
+
+
+def test_ir_version_newer_than_onnxruntime_reads():
+    """A file written by an onnx newer than the installed onnxruntime (only the IR version
+    number differs): xbc loads it, and its own onnxruntime runs (calibration, reference) work."""
+    from xbc.compiler import compile_model
+    from xbc.frontend import max_supported_ir_version
+
+    model = MODELS["resnet_bottleneck"][0]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.ir_version = max_supported_ir_version() + 3
+    g = load_model(m, MODELS["resnet_bottleneck"][1])
+    assert g.to_onnx().ir_version <= max_supported_ir_version()
+    feeds = ortutil.random_inputs(model, seed=0, shapes=MODELS["resnet_bottleneck"][1])
+    ref = ortutil.run(model, feeds)
+    got = ortutil.run(m, feeds)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+    assert m.ir_version == max_supported_ir_version() + 3      # the caller's proto is unchanged
+    compile_model(m, "sme", input_shapes=MODELS["resnet_bottleneck"][1] or None)
