@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from xbc import ortutil  # noqa: E402
 from xbc.compiler import compile_model  # noqa: E402
-from xbc.effective import effective_model, fidelity  # noqa: E402
+from xbc.effective import effective_model  # noqa: E402
 
 BASE = "fold-batchnorm,quantize,{orch}reorder,slice-bits,squeeze"
 SETTINGS = [

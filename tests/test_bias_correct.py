@@ -4,7 +4,6 @@ layer's, for every crossbar op kind; without it, 4-bit weights shift the means v
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

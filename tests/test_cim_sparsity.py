@@ -70,7 +70,6 @@ def test_error_budget_holds(budget):
 
 def test_zero_groups_are_free_and_digits_follow():
     m = graphs.conv_model(cin=32, cout=16, k=1, hw=4, seed=3)
-    import onnx
     from onnx import numpy_helper
     W = numpy_helper.to_array(m.graph.initializer[0]).copy()
     W[:, :16] = 0.0                                  # 16 dead input channels = one row block

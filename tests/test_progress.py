@@ -149,4 +149,4 @@ def test_passcontext_signature():
     with Progress(True, s) as p:
         PassManager([Walk()]).run(graph, PassContext(target=load("sme"), progress=p.update))
     out = s.getvalue()
-    assert f"\rwalk-layers" in out and f"{n}/{n}" in out and f"0/{n}" in out
+    assert "\rwalk-layers" in out and f"{n}/{n}" in out and f"0/{n}" in out

@@ -151,19 +151,12 @@ class PeakRSS:
 
 
 def load_builders():
-    """``examples/models.py`` of the source checkout (the model builders)."""
-    root = Path(__file__).resolve().parent.parent
-    path = root / "examples" / "models.py"
-    if not path.is_file():
-        raise XbcError(f"the model builders ({path}) are not available in this installation; "
-                       f"run from a source checkout or pass --model FILE.onnx")
-    mod = sys.modules.get("xbc_examples_models")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("xbc_examples_models", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["xbc_examples_models"] = mod
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    """The model builders, ``examples/models.py`` (installed as ``xbc.examples.models``)."""
+    try:
+        return importlib.import_module("xbc.examples.models")
+    except ImportError as e:
+        raise XbcError(f"the model builders (xbc.examples.models) are not available in this installation "
+                       f"({e}); reinstall xbc or pass --model FILE.onnx") from None
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -37,9 +36,11 @@ class LazyGroup(click.Group):
             try:
                 return getattr(importlib.import_module(mod), attr)
             except (ImportError, AttributeError) as e:
-                @click.command(name=name, help=f"{short} (unavailable: {e})")
+                why = str(e)
+
+                @click.command(name=name, help=f"{short} (unavailable: {why})")
                 def _unavailable():
-                    raise XbcError(f"command {name!r} is not available in this build ({e})")
+                    raise XbcError(f"command {name!r} is not available in this build ({why})")
                 return _unavailable
         return super().get_command(ctx, name)
 

@@ -20,7 +20,6 @@ the frontend and back gives the same onnxruntime outputs.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
