@@ -19,6 +19,11 @@ Steps (each failure is a :class:`~xbc.errors.ModelError` naming the file, node, 
    ``DequantizeLinear`` nodes fold into float weights that remember their integer form.
 6. **canonical crossbar ops** (:func:`canonicalize`), each rewrite exact up to float rounding:
 
+   * dynamic quantization (``DynamicQuantizeLinear`` -> ``MatMulInteger``/``ConvInteger`` ->
+     ``Cast`` -> ``Mul(x_scale * w_scale)``, as onnxruntime's ``quantize_dynamic`` writes it) ->
+     float ``MatMul``/``Conv`` on the float input with the dequantized weight: the run-time
+     activation quantization is dropped, since crossbar inputs get static codes from quantize
+     (:func:`_rewrite_dynamic_quant`; not exact against the dynamic model by design);
    * ``QLinearConv``/``QLinearMatMul`` -> ``DequantizeLinear(x)`` -> float ``Conv``/``MatMul``
      with the dequantized weight (QLinearConv's int32 bias becomes ``B * x_scale * w_scale``)
      -> ``QuantizeLinear``; ``ConvInteger``/``MatMulInteger`` -> ``DequantizeLinear(x, 1, x_zp)``
@@ -896,6 +901,82 @@ def _rewrite_qlinear(graph: Graph, node: Node) -> bool:
     return True
 
 
+def _single_use(v: Value | None) -> Node | None:
+    if v is None or len(v.uses) != 1 or v in v_graph_outputs(v):
+        return None
+    return v.uses[0][0]
+
+
+def v_graph_outputs(v: Value) -> list[Value]:
+    g = v.producer.graph if v.producer is not None else None
+    return g.outputs if g is not None else []
+
+
+def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
+    """Dynamic quantization (onnxruntime's ``quantize_dynamic``) back to a float layer::
+
+        xq, xs, xz = DynamicQuantizeLinear(x)
+        y = Mul(Cast(MatMulInteger(xq, Wq, xz, wz), to=float), Mul(xs, ws))    (or ConvInteger)
+          = xs * ws * (xq - xz) @ (Wq - wz)  ~  x @ W,   W = ws * (Wq - wz)
+
+    becomes ``MatMul(x, W)`` (``Conv(x, W)``) with ``W`` dequantized and the integer weight kept
+    in ``layer.prequant``. The run-time activation quantization, which a crossbar's static DAC
+    codes cannot follow, is replaced by xbc's static input quantization (from calibration data),
+    like for a float model. Only this exact pattern is rewritten; anything else keeps the exact
+    integer rewrite of :func:`_rewrite_qlinear`."""
+    op = node.op_type
+    ins = list(node.inputs) + [None] * 4
+    xq, w, xz, wz = ins[:4]
+    dq = xq.producer if xq is not None else None
+    if dq is None or dq.op_type != "DynamicQuantizeLinear" or dq.domain != "" or xz is not dq.outputs[2] \
+            or dq.outputs[0] is not xq:
+        return False
+    if w is None or w.const is None or (wz is not None and wz.const is None) or (op == "MatMulInteger" and w.const.ndim != 2):
+        return False
+    cast = _single_use(node.outputs[0])
+    if cast is None or cast.op_type != "Cast" or int(cast.attr("to", 0)) != onnx.TensorProto.FLOAT:
+        return False
+    mul = _single_use(cast.outputs[0])
+    if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2:
+        return False
+    sv = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
+    sm = sv.producer if sv is not None else None
+    if sm is None or sm.op_type != "Mul" or dq.outputs[1] not in sm.inputs:
+        return False
+    wsv = sm.inputs[1] if sm.inputs[0] is dq.outputs[1] else sm.inputs[0]
+    if wsv is None or wsv.const is None or not np.issubdtype(wsv.const.dtype, np.floating):
+        return False
+    x = dq.inputs[0]
+    y = mul.outputs[0]
+    if x is None or x.shape is None or y.shape is None:
+        return False
+    ws = np.asarray(wsv.const, np.float64)
+    if op == "MatMulInteger":
+        N = w.const.shape[1]
+        if ws.size not in (1, N) or (ws.ndim > 1 and ws.shape[-1] != ws.size):
+            return False
+        waxis, float_op = 1, "MatMul"
+    else:
+        N = w.const.shape[0]
+        if ws.size not in (1, N):        # a Conv's per-channel scale broadcasts as [N, 1, 1]
+            if not (ws.size == N and ws.shape[-1] == 1):
+                return False
+        waxis, float_op = 0, "Conv"
+    Wf, meta = _dequant(w.const, ws.reshape(-1).astype(np.float32), None if wz is None else wz.const, waxis)
+    wv = _const(graph, w.name + "_dq", Wf.astype(np.float32), meta)
+    attrs = dict(node.attrs) if float_op == "Conv" else {}
+    types = dict(node.attr_types) if float_op == "Conv" else {}
+    fnode = graph.make_node(float_op, [x, wv], 1, name=node.name + "_float", attrs=attrs, attr_types=types,
+                            shapes=[y.shape], elem_types=[y.elem_type], before=mul)
+    dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
+    dummy.producer = mul
+    mul.outputs[0] = dummy
+    y.producer = None
+    _produce(graph, "Identity", [fnode.outputs[0]], y, after=mul, name=node.name + "_out")
+    fnode.meta["prequant_from"] = op + " (dynamic)"
+    return True
+
+
 def _rewrite_qgemm(graph: Graph, node: Node) -> bool:
     """com.microsoft ``QGemm`` (onnxruntime's QOperator quantizer writes it for Gemm) ->
     ``DequantizeLinear(A)`` -> float ``Gemm`` with the dequantized weight (same ``alpha``,
@@ -1136,6 +1217,8 @@ def canonicalize(graph: Graph, where: str = "model") -> int:
         op = node.op_type
         if node.domain == "com.microsoft" and op == "QGemm":
             changed += _rewrite_qgemm(graph, node)
+        elif node.domain == "" and op in ("ConvInteger", "MatMulInteger") and _rewrite_dynamic_quant(graph, node):
+            changed += 1
         elif node.domain == "" and op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
             changed += _rewrite_qlinear(graph, node)
     for node in list(graph.nodes):
