@@ -141,69 +141,26 @@ def model_sha256(path: str | Path) -> str:
 # opsets and domains
 # ----------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def max_supported_opset() -> int:
-    """Newest default-domain opset that both onnx and onnxruntime know (probed once)."""
-    hi = onnx.defs.onnx_opset_version()
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover
-        return hi
+def _ort_loads(opset: int, ir_version: int) -> bool:
+    """Whether onnxruntime loads a one-Relu model of this default-domain opset and IR version."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.log_severity_level = 4
-
-    def ok(v: int) -> bool:
-        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", 1, [1])],
-                              [helper.make_tensor_value_info("y", 1, [1])])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", v)])
-        m.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", v)])
-        try:
-            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            return True
-        except Exception:
-            return False
-
-    lo = 17
-    if not ok(lo):  # pragma: no cover - very old onnxruntime
-        return 13
-    while lo < hi:  # largest v in [lo, hi] with ok(v)
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-@functools.lru_cache(maxsize=1)
-def max_supported_ir_version() -> int:
-    """Newest IR version onnxruntime loads (probed once). onnx's helper.make_model writes the
-    onnx package's own IR version, which may be newer than the installed onnxruntime reads;
-    the IR version only names the file format, so xbc writes at most this one."""
-    hi = onnx.IR_VERSION
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", 1, [1])],
+                          [helper.make_tensor_value_info("y", 1, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir_version
     try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover
-        return hi
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
+        ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:
+        return False
 
-    def ok(v: int) -> bool:
-        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", 1, [1])],
-                              [helper.make_tensor_value_info("y", 1, [1])])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-        m.ir_version = v
-        try:
-            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            return True
-        except Exception:
-            return False
 
-    lo = 7
-    if not ok(lo):  # pragma: no cover - very old onnxruntime
-        return lo
+def _largest(lo: int, hi: int, ok) -> int:
+    """Largest ``v`` in ``[lo, hi]`` with ``ok(v)``, given ``ok(lo)`` and ``ok`` monotone."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):
@@ -211,6 +168,37 @@ def max_supported_ir_version() -> int:
         else:
             hi = mid - 1
     return lo
+
+
+@functools.lru_cache(maxsize=1)
+def max_supported_opset() -> int:
+    """Newest default-domain opset that both onnx and onnxruntime know (probed once)."""
+    hi = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return hi
+
+    def ok(v: int) -> bool:
+        return _ort_loads(v, helper.find_min_ir_version_for([helper.make_opsetid("", v)]))
+
+    if not ok(17):  # pragma: no cover - very old onnxruntime
+        return 13
+    return _largest(17, hi, ok)
+
+
+@functools.lru_cache(maxsize=1)
+def max_supported_ir_version() -> int:
+    """Newest IR version onnxruntime loads (probed once). onnx's helper.make_model writes the
+    onnx package's own IR version, which may be newer than the installed onnxruntime reads;
+    the IR version only names the file format, so xbc writes at most this one."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return onnx.IR_VERSION
+    if not _ort_loads(13, 7):  # pragma: no cover - very old onnxruntime
+        return 7
+    return _largest(7, onnx.IR_VERSION, lambda v: _ort_loads(13, v))
 
 
 def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
