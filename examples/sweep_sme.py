@@ -26,10 +26,11 @@ from xbc import ortutil  # noqa: E402
 from xbc.compiler import compile_model  # noqa: E402
 from xbc.effective import effective_model  # noqa: E402
 
-BASE = "fold-batchnorm,quantize,{orch}reorder,slice-bits,squeeze"
+BASE = "fold-batchnorm,quantize,{orch}bias-correct,reorder,slice-bits,squeeze"
 SETTINGS = [
-    ("no orchestrate (squeeze only)", "fold-batchnorm,quantize,slice-bits,squeeze"),
+    ("no orchestrate (squeeze only)", "fold-batchnorm,quantize,bias-correct,slice-bits,squeeze"),
     ("orchestrate lossless", BASE.format(orch="orchestrate-bits{error-budget=0.0},")),
+    ("budget 0.25 (default), no bias correction", "fold-batchnorm,quantize,orchestrate-bits,reorder,slice-bits,squeeze"),
     ("orchestrate budget 0.25 (default)", BASE.format(orch="orchestrate-bits,")),
     ("orchestrate budget 1", BASE.format(orch="orchestrate-bits{error-budget=1.0},")),
     ("orchestrate budget 4", BASE.format(orch="orchestrate-bits{error-budget=4.0},")),
@@ -43,7 +44,7 @@ SETTINGS = [
 def load(name: str) -> onnx.ModelProto:
     if name.endswith(".onnx"):
         return onnx.load(name)
-    import models  # examples/models.py
+    from xbc.examples import models  # examples/models.py
 
     return getattr(models, name)()
 
