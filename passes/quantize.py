@@ -25,7 +25,8 @@ Inputs
     Unsigned ``input_bits`` (default ``target.input_bits``), one scale and zero point per
     layer input, from the range of that input over the calibration data: onnxruntime runs once
     on the current graph with every layer input exposed as an extra output
-    (:func:`xbc.calibration.collect_ranges`). ``calib-method=minmax`` takes the min and max,
+    (:func:`xbc.calibration.collect_ranges`), in a background thread while the weights are
+    quantized (:class:`xbc.calibration.RangesInBackground`; the same ranges). ``calib-method=minmax`` takes the min and max,
     ``percentile`` the ``100-p`` and ``p`` percentiles (``percentile`` option, default 99.99).
     The range is widened to contain 0, then ``x_scale = (hi - lo) / (2**bits - 1)`` (rounded to
     float32) and ``x_zero_point = clip(round(-lo / x_scale), 0, 2**bits - 1)``.
@@ -42,10 +43,10 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from xbc import qmath
-from xbc.calibration import collect_ranges, synthetic_calibration
+from xbc.calibration import RangesInBackground, synthetic_calibration
 from xbc.errors import OptionError
 from xbc.ir import Graph
-from xbc.layer import Quant, to_matrix
+from xbc.layer import Quant
 from xbc.passmanager import Pass, PassContext, PassResult, register
 
 
@@ -83,38 +84,32 @@ class Quantize(Pass):
         if not layers:
             return PassResult(False, {"layers": 0})
 
-        ranges = self._input_ranges(graph, layers, ctx)
-        qmax = qmath.qmax_weight(wb)
+        # onnxruntime runs the calibration data in a background thread (it releases the GIL while
+        # it runs) while the weights are quantized here; errors and warnings come out as in a
+        # sequential run: the calibration's first, then the layers' in order
+        pending = self._input_ranges(graph, layers, ctx)
+        weights = []
+        try:
+            for node in ctx.each_layer(graph):
+                if pending.failed():         # stop early: the calibration error comes first
+                    break
+                weights.append((node, self._weights(node, wb, per_channel, pow2)))
+        except BaseException:
+            pending.wait()
+            if pending.failed():
+                ctx.node = None
+                pending.result()             # raises the calibration error, as a sequential run would
+            raise
+        ctx.node = None
+        ranges = pending.result()
+
         per_layer = {}
         sig_total = err_total = 0.0
-        for node in ctx.each_layer(graph):
+        for node, (w_int, w_scale, alpha, prequantized, warnings, sig, err, zero_frac) in weights:
+            ctx.node = node
             L = node.layer
-            W = np.asarray(L.weight_value(node).const)
-            alpha = float(node.attrs.get("alpha", 1.0)) if L.kind == "gemm" else 1.0
-            pre = L.prequant
-            w_int = w_scale = None
-            prequantized = False
-            if pre is not None:
-                wi = np.asarray(pre.get("w_int"))
-                zp = np.asarray(pre.get("w_zero_point", 0))
-                ws = np.asarray(pre.get("w_scale"), np.float64).reshape(-1)
-                if wi.shape != W.shape or ws.size not in (1, L.out_channels):
-                    ctx.warn(f"layer {L.id}: pre-quantized weight record does not match the weight; "
-                             f"requantizing to {wb} bits")
-                elif np.any(zp != 0):
-                    ctx.warn(f"layer {L.id}: pre-quantized weight has a non-zero zero point; requantizing "
-                             f"symmetrically to {wb} bits")
-                elif int(np.abs(wi).max(initial=0)) > qmax:
-                    ctx.warn(f"layer {L.id}: pre-quantized weight needs more than {wb} bits "
-                             f"(max |w| = {int(np.abs(wi).max())}); requantizing to {wb} bits")
-                else:
-                    w_int = wi.astype(np.int32)
-                    w_scale = np.broadcast_to(ws, (L.out_channels,)).astype(np.float64)
-                    prequantized = True
-            if w_int is None:
-                w_int, w_scale = qmath.quantize_weights(W, L.kind, L.groups, node.attrs, wb,
-                                                        per_channel=per_channel, pow2=pow2)
-            sig, err = qmath.weight_error(W, w_int, w_scale, L.kind, L.groups, node.attrs)
+            for msg in warnings:
+                ctx.warn(msg)
             sig_total += sig
             err_total += err
             sq = qmath.sqnr_db(sig, err)
@@ -130,10 +125,10 @@ class Quantize(Pass):
                             w_int_initial=np.array(w_int, dtype=np.int32, copy=True))
             L.quant.stats = {"w_sqnr_db": sq, "x_range": [float(lo), float(hi)]}
             L.stats["w_sqnr_db"] = sq
-            M = to_matrix(L.kind, w_int, L.groups, node.attrs)
             per_layer[L.id] = {"w_sqnr_db": round(sq, 3), "x_scale": float(x_scale), "x_zero_point": int(x_zp),
                                "x_range": [float(lo), float(hi)], "prequantized": prequantized,
-                               "zero_weights": float(np.mean(M == 0)) if M.size else 0.0}
+                               "zero_weights": zero_frac}
+        ctx.node = None
         sq_all = qmath.sqnr_db(sig_total, err_total)
         vals = [v["w_sqnr_db"] for v in per_layer.values()]
         stats = {"layers": len(per_layer), "weight_bits": wb, "input_bits": ib, "per_channel": bool(per_channel),
@@ -143,7 +138,43 @@ class Quantize(Pass):
         return PassResult(True, stats)
 
     # ------------------------------------------------------------------------------------
-    def _input_ranges(self, graph: Graph, layers, ctx: PassContext) -> dict[str, tuple[float, float]]:
+    def _weights(self, node, wb: int, per_channel: bool, pow2: bool):
+        """One layer's integer weights and scales, their error and warnings (emitted later, in order)."""
+        L = node.layer
+        W = np.asarray(L.weight_value(node).const)
+        alpha = float(node.attrs.get("alpha", 1.0)) if L.kind == "gemm" else 1.0
+        qmax = qmath.qmax_weight(wb)
+        pre = L.prequant
+        w_int = w_scale = None
+        prequantized = False
+        warnings = []
+        if pre is not None:
+            wi = np.asarray(pre.get("w_int"))
+            zp = np.asarray(pre.get("w_zero_point", 0))
+            ws = np.asarray(pre.get("w_scale"), np.float64).reshape(-1)
+            if wi.shape != W.shape or ws.size not in (1, L.out_channels):
+                warnings.append(f"layer {L.id}: pre-quantized weight record does not match the weight; "
+                                f"requantizing to {wb} bits")
+            elif np.any(zp != 0):
+                warnings.append(f"layer {L.id}: pre-quantized weight has a non-zero zero point; requantizing "
+                                f"symmetrically to {wb} bits")
+            elif int(np.abs(wi).max(initial=0)) > qmax:
+                warnings.append(f"layer {L.id}: pre-quantized weight needs more than {wb} bits "
+                                f"(max |w| = {int(np.abs(wi).max())}); requantizing to {wb} bits")
+            else:
+                w_int = wi.astype(np.int32)
+                w_scale = np.broadcast_to(ws, (L.out_channels,)).astype(np.float64)
+                prequantized = True
+        W64 = np.asarray(W, np.float64)          # (both functions convert so: once here)
+        if w_int is None:
+            w_int, w_scale = qmath.quantize_weights(W64, L.kind, L.groups, node.attrs, wb,
+                                                    per_channel=per_channel, pow2=pow2)
+        sig, err = qmath.weight_error(W64, w_int, w_scale, L.kind, L.groups, node.attrs)
+        # the fraction of zero weights (of the [G, R, C] matrix: the same elements): an exact count
+        zero_frac = (w_int.size - int(np.count_nonzero(w_int))) / w_int.size if w_int.size else 0.0
+        return w_int, w_scale, alpha, prequantized, warnings, sig, err, zero_frac
+
+    def _input_ranges(self, graph: Graph, layers, ctx: PassContext) -> RangesInBackground:
         model = graph.to_onnx()
         calib = ctx.calibration
         if calib is None:
@@ -157,5 +188,5 @@ class Quantize(Pass):
         names = [n.inputs[0].name for n in layers]
         shapes = {n.inputs[0].name: list(n.inputs[0].shape) for n in layers if n.inputs[0].shape is not None}
         ets = {n.inputs[0].name: n.inputs[0].elem_type for n in layers if n.inputs[0].elem_type}
-        return collect_ranges(model, names, calib, method=self.calib_method, percentile=self.percentile,
-                              shapes=shapes, elem_types=ets)
+        return RangesInBackground(model, names, calib, method=self.calib_method, percentile=self.percentile,
+                                  shapes=shapes, elem_types=ets)

@@ -32,10 +32,14 @@ Row permutation, per group (``layer.row_perm[g, i]`` = original row at permuted 
     score is an exact integer sum of the weights rounded to ``2**-k`` units (:func:`rarity_order`),
     so rows with equal supports tie exactly and keep their order on every machine (a float BLAS
     sum broke such ties by rounding noise; on synthetic ResNet-50 and MobileNet-v2 the orders are
-    the same). The swap refinement builds the support feature-major once per group; block counts
-    are integer sums, the leave gain comes from the (rare) features held by one row of a block,
-    and only the join counts use a float32 matrix product (exact). Column-order scoring
-    (:func:`droppable_row_slots`) cuts every (plane, sign)'s chunks with one ``reduceat``.
+    the same). The hot loops are numba kernels (``_k_*``, compiled on first use) on the masks,
+    for the swap refinement packed 64 bits to a word: per round, which features one row / two
+    rows of a block hold (two OR accumulators), then the leave gains and the join counts as
+    popcounts of ANDs; all exact integers, so the results are those of the numpy code they
+    replace, which stays as the reference (:func:`_swap_refine`, :func:`_rarity_order_reference`,
+    :func:`_droppable`, :func:`_support_mask_numpy`; tested equal). Column-order scoring
+    (:func:`droppable_row_slots`) walks each block's columns once with one OR accumulator per
+    row for all (plane, sign) bits.
 
 Column permutation, per group (``layer.col_perm``): squeeze packs, per (plane, sign, row block),
     the non-empty columns side by side into crossbars of ``target.cols`` columns and can drop a
@@ -59,6 +63,222 @@ from xbc.errors import OptionError
 from xbc.ir import Graph
 from xbc.layer import n_planes, sign_magnitude_digits, to_matrix
 from xbc.passmanager import Pass, PassContext, PassResult, register
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels (compiled, or loaded from numba's cache, on first use: numba is imported then)
+#
+# Plain Python here; :func:`_kernels` compiles them. They work on the bit masks of
+# :func:`support_mask`, often packed 64 bits to a word (:func:`_packed`: the masks of a row side
+# by side), and compute exact integers: the same numbers as the numpy code they replace (kept as
+# the reference and tested against it).
+# ----------------------------------------------------------------------------------------
+
+def _k_support_mask(D, P, out):
+    # out[i] = sum_p [D[p, i] > 0] << p  |  [D[p, i] < 0] << (P + p)   (out zeroed by the caller)
+    n = D.shape[1]
+    zero = out.dtype.type(0)
+    for p in range(P):
+        bp = out.dtype.type(np.uint64(1) << np.uint64(p))
+        bn = out.dtype.type(np.uint64(1) << np.uint64(P + p))
+        d = D[p]
+        for i in range(n):
+            out[i] |= (bp if d[i] > 0 else zero) | (bn if d[i] < 0 else zero)
+
+
+def _k_bit_counts(M, nbits):
+    # out[q, c] = rows r with bit q of M[r, c] set
+    R, C = M.shape
+    out = np.zeros((nbits, C), np.int64)
+    one = M.dtype.type(1)
+    for r in range(R):
+        row = M[r]
+        for q in range(nbits):
+            sh = M.dtype.type(q)
+            o = out[q]
+            for c in range(C):
+                o[c] += np.int64((row[c] >> sh) & one)
+    return out
+
+
+def _k_plane_counts(M, P):
+    # out[p, r] = columns c where row r has a digit of plane p (bit p or bit P + p)
+    R, C = M.shape
+    out = np.zeros((P, R), np.int64)
+    one = M.dtype.type(1)
+    shP = M.dtype.type(P)
+    for r in range(R):
+        row = M[r]
+        for p in range(P):
+            sh = M.dtype.type(p)
+            a = 0
+            for c in range(C):
+                a += np.int64(((row[c] | (row[c] >> shP)) >> sh) & one)
+            out[p, r] = a
+    return out
+
+
+def _k_rarity_score(M, wq):
+    # score[r] = sum over the set bits q of M[r, c] of wq[q, c] (exact int64)
+    R, C = M.shape
+    nbits = wq.shape[0]
+    score = np.zeros(R, np.int64)
+    one = M.dtype.type(1)
+    for r in range(R):
+        row = M[r]
+        a = 0
+        for q in range(nbits):
+            sh = M.dtype.type(q)
+            w = wq[q]
+            for c in range(C):
+                a += w[c] & -np.int64((row[c] >> sh) & one)
+        score[r] = a
+    return score
+
+
+def _k_nonempty(Mw, perm, S):
+    # sum over row blocks of the set bits of the OR of the block's rows (rows in perm order)
+    R, W = Mw.shape
+    acc = np.zeros(W, np.uint64)
+    total = 0
+    for b0 in range(0, R, S):
+        acc[:] = 0
+        for i in range(b0, min(R, b0 + S)):
+            row = Mw[perm[i]]
+            for w in range(W):
+                acc[w] |= row[w]
+        for w in range(W):
+            total += np.int64(_popcnt(acc[w]))
+    return total
+
+
+def _k_swap_round(Xw, perm, blk, S, nb):
+    # one round of the swap refinement's targets: per row r the block b != blk[r] with the
+    # largest gain leave[r] - join[r, b] (the first such b) and that gain; Xw the packed kept
+    # features. A1[b] = features some row of b has, A2[b] = features two rows of b have.
+    R, W = Xw.shape
+    A1 = np.zeros((nb, W), np.uint64)
+    A2 = np.zeros((nb, W), np.uint64)
+    for i in range(R):
+        b = i // S
+        row = Xw[perm[i]]
+        for w in range(W):
+            A2[b, w] |= A1[b, w] & row[w]
+            A1[b, w] |= row[w]
+    O1 = A1 & ~A2                      # features exactly one row of b has
+    Z = ~A1                            # features b lacks
+    tgt = np.empty(R, np.int64)
+    g = np.empty(R, np.float32)
+    for r in range(R):
+        row = Xw[r]
+        own = blk[r]
+        leave = 0
+        for w in range(W):
+            leave += np.int64(_popcnt(row[w] & O1[own, w]))
+        best = 0
+        tb = -1
+        for b in range(nb):
+            if b == own:
+                continue
+            j = 0
+            zb = Z[b]
+            for w in range(W):
+                j += np.int64(_popcnt(row[w] & zb[w]))
+            v = leave - j
+            if tb < 0 or v > best:
+                best = v
+                tb = b
+        tgt[r] = tb
+        g[r] = best
+    return tgt, g
+
+
+def _k_droppable(At, cp, P, R, S, Cx):
+    # _droppable on At [G, nb, C, S] (each block's column contiguous), cp [G, C]. Per block the
+    # columns are walked in cp order with one OR accumulator per row for all bits at once: a
+    # column empty for bit q in the block adds nothing to bit q, so bit q of the accumulator is
+    # the OR over bit q's current chunk; when bit q starts a new chunk its rows are counted and
+    # the bit cleared.
+    G, nb, C, _ = At.shape
+    dt = At.dtype.type
+    zero = dt(0)
+    one = dt(1)
+    total = 0
+    acc = np.zeros(S, At.dtype)
+    cnt = np.zeros(2 * P, np.int64)
+    for g in range(G):
+        for b in range(nb):
+            rows_used = min(S, R - b * S)
+            acc[:] = zero
+            cnt[:] = 0
+            pairs = 0
+            for ci in range(C):
+                col = At[g, b, cp[g, ci]]
+                o = zero
+                for s in range(S):
+                    o |= col[s]
+                if o == zero:
+                    continue
+                new = zero
+                for q in range(2 * P):
+                    if (o >> dt(q)) & one:
+                        if cnt[q] > 0 and cnt[q] % Cx == 0:
+                            new |= one << dt(q)
+                        cnt[q] += 1
+                if new != zero:
+                    keep = ~new
+                    for s in range(S):
+                        pairs += np.int64(_popcnt(acc[s] & new))
+                        acc[s] &= keep
+                for s in range(S):
+                    acc[s] |= col[s]
+            for s in range(S):
+                pairs += np.int64(_popcnt(acc[s]))
+            chunks = 0
+            for q in range(2 * P):
+                chunks += (cnt[q] + Cx - 1) // Cx
+            total += chunks * rows_used - pairs
+    return total
+
+
+_popcnt = None
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """The numba kernels above, compiled on first use."""
+    global _popcnt  # noqa: PLW0603
+    if not _KERNELS:
+        import numba  # noqa: PLC0415
+        from numba import types  # noqa: PLC0415
+        from numba.extending import intrinsic  # noqa: PLC0415
+
+        @intrinsic
+        def popcnt(typingctx, x):
+            if not isinstance(x, types.Integer):
+                return None
+
+            def codegen(context, builder, sig, args):
+                return builder.ctpop(args[0])
+            return x(x), codegen
+
+        _popcnt = popcnt
+        jit = numba.njit(cache=True, nogil=True)
+        _KERNELS.update(support_mask=jit(_k_support_mask), bit_counts=jit(_k_bit_counts),
+                        plane_counts=jit(_k_plane_counts), rarity_score=jit(_k_rarity_score),
+                        nonempty=jit(_k_nonempty), swap_round=jit(_k_swap_round), droppable=jit(_k_droppable))
+    return _KERNELS
+
+
+def _packed(M: np.ndarray) -> np.ndarray:
+    """Masks ``[R, C]`` (unsigned) -> ``[R, W]`` uint64: each row's masks side by side (columns
+    padded with zeros to whole words)."""
+    R, C = M.shape
+    per = 8 // M.dtype.itemsize
+    W = -(-C // per)
+    out = np.zeros((R, W * per), M.dtype)
+    out[:, :C] = M
+    return out.view(np.uint64)
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,10 +430,102 @@ def _swap_refine(X: np.ndarray | None, perm: np.ndarray, S: int, rounds: int,
     return perm, best
 
 
+def _swap_refine_mask(M: np.ndarray, P: int, perm: np.ndarray, S: int, rounds: int, Mw: np.ndarray | None = None,
+                      counts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """:func:`_swap_refine` on the masks ``M`` (:func:`support_mask`) alone, the same result
+    (tested): per round the block counts, the leave gains and the join counts come from one
+    kernel on the kept features packed 64 to a word (exact integers, as the float32 products of
+    0/1 matrices there); the pairing and the exact counts are those of :func:`_swap_refine`.
+    ``Mw`` (:func:`_packed` ``M``) and ``counts`` (rows per (bit, column), ``[2P, C]``) if known."""
+    kern = _kernels()
+    R, C = M.shape
+    nb = -(-R // S)
+    perm = np.array(perm, np.int64)
+    Mw = _packed(M) if Mw is None else Mw
+    count = lambda q: int(kern["nonempty"](Mw, q, S))  # noqa: E731
+    best = count(perm)
+    if nb < 2:
+        return perm, best
+    # only features that can be empty in some block matter
+    nf = kern["bit_counts"](M, 2 * P) if counts is None else counts   # [2P, C] rows per (bit, column)
+    keep = (nf > 0) & (nf <= (nb - 1) * S)
+    if not keep.any():
+        return perm, best
+    bits = np.zeros(C, M.dtype)
+    for q in range(2 * P):
+        bits[keep[q]] |= M.dtype.type(1 << q)
+    Xw = _packed(M & bits)                                      # the kept features
+    ar = np.arange(R)
+    for _ in range(rounds):
+        pos = np.empty(R, np.int64)
+        pos[perm] = ar
+        blk = pos // S                                          # block of each original row
+        tgt, g = kern["swap_round"](Xw, perm, blk, S, nb)      # best target block, its gain
+        want = g > -np.inf
+        # pair rows a->b with rows b->a: per (a, b), both lists by decreasing gain (ties: row)
+        idx = np.flatnonzero(want)
+        idx = idx[np.lexsort((idx, -g[idx], tgt[idx], blk[idx]))]
+        key = blk[idx] * nb + tgt[idx]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(idx)]
+        group = {int(key[s]): (s, e) for s, e in zip(starts, ends)}
+        PI, PJ, PV = [], [], []
+        for kk, (s, e) in group.items():
+            a, b = divmod(kk, nb)
+            if a >= b or (b * nb + a) not in group:
+                continue
+            s2, e2 = group[b * nb + a]
+            m = min(e - s, e2 - s2)
+            ia, ib = idx[s:s + m], idx[s2:s2 + m]
+            tot = g[ia] + g[ib]
+            ok = tot > 0
+            PI.append(ia[ok])
+            PJ.append(ib[ok])
+            PV.append(tot[ok].astype(np.float64))
+        if not PI or not sum(len(x) for x in PI):
+            break
+        PI, PJ, PV = np.concatenate(PI), np.concatenate(PJ), np.concatenate(PV)
+        order = np.lexsort((PJ, PI, -PV))                         # by gain, then rows
+        PI, PJ = PI[order], PJ[order]
+        improved = False
+        n = len(PI)
+        while n:
+            pi = pos.copy()                # every row is in at most one pair: swap all at once
+            pi[PI[:n]], pi[PJ[:n]] = pos[PJ[:n]], pos[PI[:n]]
+            cand = np.empty(R, np.int64)
+            cand[pi] = ar
+            score = count(cand)
+            if score < best:
+                perm, best, improved = cand, score, True
+                break
+            n //= 2
+        if not improved:
+            break
+    return perm, best
+
+
 def support_mask(digits_g: np.ndarray) -> np.ndarray:
     """Digits of one group ``[P, R, C]`` -> the row support as bit masks ``[R, C]`` (unsigned): bit
     ``s*P + p`` is set when the digit of plane ``p`` has sign ``s`` (0: positive, 1: negative) —
-    the same information as :func:`row_support`, one word per (row, column)."""
+    the same information as :func:`row_support`, one word per (row, column). (Any trailing shape:
+    ``[P, G, R, C]`` gives ``[G, R, C]``.)"""
+    P = digits_g.shape[0]
+    dts = [np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64)]
+    dt = next((d for d in dts if 8 * d.itemsize >= 2 * P), None)
+    if dt is None:
+        raise ValueError(f"{P} digit planes do not fit a 64-bit support mask")
+    shape = digits_g.shape[1:]
+    n = int(np.prod(shape))
+    D = np.asarray(digits_g)
+    if P == 0 or n == 0 or D.dtype.kind not in "iu":
+        return _support_mask_numpy(D)
+    out = np.zeros(n, dt)
+    _kernels()["support_mask"](np.ascontiguousarray(D).reshape(P, n), P, out)
+    return out.reshape(shape)
+
+
+def _support_mask_numpy(digits_g: np.ndarray) -> np.ndarray:
+    """:func:`support_mask` in numpy (the reference)."""
     P = digits_g.shape[0]
     dts = [np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64)]
     dp = next(d for d in dts if 8 * d.itemsize >= P)
@@ -240,7 +552,7 @@ def nonempty_count_mask(M: np.ndarray, perm: np.ndarray, S: int) -> int:
 _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.int64)   # [256, 8]
 
 
-def rarity_order(M: np.ndarray, P: int) -> np.ndarray:
+def rarity_order(M: np.ndarray, P: int, counts: np.ndarray | None = None) -> np.ndarray:
     """Rows by rarity score ``sum_f X[r, f] * log(R / n_f)`` descending (stable), from the support
     masks ``M`` ``[R, C]`` (:func:`support_mask`, bit ``s*P + p``).
 
@@ -248,8 +560,25 @@ def rarity_order(M: np.ndarray, P: int) -> np.ndarray:
     below ``2**53``: ``2**-36`` for a 4608 x 512 layer), so the scores are exact integers whatever
     the order of summation: equal supports (and equal multisets of feature counts) give equal
     scores, the row order breaks ties, on every machine (a float BLAS sum broke such ties by
-    rounding noise). The counts ``n_f`` come from per-column histograms of each mask byte, the
-    scores from per-column tables ``T[c, byte] = sum of the byte's feature weights``."""
+    rounding noise). The counts ``n_f`` (``counts`` if given) and the scores come from numba
+    kernels on the masks (:func:`_rarity_order_reference`: the same, from byte histograms and
+    tables in numpy)."""
+    R, C = M.shape
+    M = np.ascontiguousarray(M)
+    kern = _kernels()
+    # the counts n_f [2P, C] (bit s*P + p; ``counts`` if given): int64, laid out as the histograms gave them
+    nf = kern["bit_counts"](M, 2 * P) if counts is None else np.ascontiguousarray(counts, np.int64)
+    nf = nf.reshape(2, P, C).transpose(1, 0, 2)                              # [P, 2, C]
+    w = np.where(nf > 0, np.log(R / np.maximum(nf, 1)), 0.0)
+    total = float(w.sum()) + 1.0                   # bounds every row's score
+    k = 52 - int(np.ceil(np.log2(total)))
+    wq = np.ascontiguousarray(np.round(np.ldexp(w, k)).astype(np.int64).transpose(1, 0, 2).reshape(2 * P, C))
+    score = kern["rarity_score"](M, wq)            # exact integers: any order of summation
+    return np.argsort(-score, kind="stable")
+
+
+def _rarity_order_reference(M: np.ndarray, P: int) -> np.ndarray:
+    """:func:`rarity_order` with numpy histograms and tables (the reference)."""
     R, C = M.shape
     M = np.ascontiguousarray(M)
     nbytes = M.dtype.itemsize
@@ -298,25 +627,26 @@ def choose_row_perm(digits: np.ndarray | None, S: int, current: np.ndarray | Non
             n = int(np.count_nonzero(np.stack([(digits > 0).any(axis=2), (digits < 0).any(axis=2)])))
         return base.astype(np.int32), {"identity": n, "chosen": n,
                                        "method": {"current" if current is not None else "identity": G}}
+    kern = _kernels()
     for g in range(G):
         Dg = None if digits is None else digits[:, g]
-        M = support_mask(Dg) if masks is None else masks[g]
+        M = np.ascontiguousarray(support_mask(Dg) if masks is None else masks[g])
+        Mw = _packed(M)
+        counts = kern["bit_counts"](M, 2 * P) if R > S else None      # rows per (bit, column)
         cands: list[tuple[str, np.ndarray]] = [("identity", ident)]
         if current is not None:
             cands.append(("current", np.asarray(current[g], np.int64)))
         if R > S:
-            cands.append(("rarity", rarity_order(M, P)))
-            one = M.dtype.type(1)
-            per_plane = [np.add.reduce(((M >> M.dtype.type(p)) | (M >> M.dtype.type(P + p))) & one, axis=1,
-                                       dtype=np.int64) for p in range(P)]   # digits per row, plane p
+            cands.append(("rarity", rarity_order(M, P, counts)))
+            per_plane = kern["plane_counts"](M, P)               # [P, R] digits per row, plane p
             keys = tuple(-per_plane[p] for p in range(P))        # lexsort: last key is primary
             cands.append(("significance", np.lexsort(keys)))
-        scores = [nonempty_count_mask(M, p, S) for _, p in cands]
+        # nonempty_count_mask of each candidate (the same count, on packed masks)
+        scores = [int(kern["nonempty"](Mw, np.ascontiguousarray(p, np.int64), S)) for _, p in cands]
         k = int(np.argmin(scores))
         name, perm, best = cands[k][0], cands[k][1], scores[k]
         if R > S and swap_rounds > 0:
-            XT = feature_support_mask(M, P)
-            p2, s2 = _swap_refine(None, perm, S, swap_rounds, M, XT=XT)
+            p2, s2 = _swap_refine_mask(M, P, perm, S, swap_rounds, Mw, counts)
             if s2 < best:
                 name, perm, best = name + "+swap", p2, s2
         out[g] = perm
@@ -346,7 +676,7 @@ def _droppable(Mp: np.ndarray, col_perm: np.ndarray, P: int, R: int, S: int, Cx:
     row) pairs holding a bit. Columns that are empty for that bit in a block hold no such bit
     there, so each chunk is the contiguous column range from its first to the next chunk's first
     column, and one ``np.bitwise_or.reduceat`` over the (group, block, column) axis gives every
-    chunk's rows at once."""
+    chunk's rows at once. (The numpy reference of :func:`_droppable_fast`.)"""
     G, RS, C = Mp.shape
     nb = RS // S
     cp = np.asarray(col_perm, np.intp)
@@ -372,11 +702,23 @@ def _droppable(Mp: np.ndarray, col_perm: np.ndarray, P: int, R: int, S: int, Cx:
     return total
 
 
+def _droppable_fast(At: np.ndarray, col_perm: np.ndarray, P: int, R: int, S: int, Cx: int) -> int:
+    """:func:`_droppable` from the masks transposed to ``[G, nb, C, S]`` (:func:`_block_columns`),
+    one kernel (the same number)."""
+    return int(_kernels()["droppable"](At, np.ascontiguousarray(col_perm, np.int64), P, R, S, Cx))
+
+
+def _block_columns(Mp: np.ndarray, S: int) -> np.ndarray:
+    """Row-permuted masks ``[G, nb * S, C]`` -> ``[G, nb, C, S]``: each block's column contiguous."""
+    G, RS, C = Mp.shape
+    return np.ascontiguousarray(Mp.reshape(G, RS // S, S, C).transpose(0, 1, 3, 2))
+
+
 def droppable_row_slots(digits: np.ndarray, row_perm: np.ndarray, col_perm: np.ndarray, S: int, Cx: int) -> int:
     """Proxy for squeeze: per (plane, sign, group, row block), the non-empty columns in
     ``col_perm`` order are cut into chunks of ``Cx``; count (chunk, row) pairs that are all zero."""
     P, G, R, C = digits.shape
-    return _droppable(_row_permuted_masks(digits, row_perm, S), col_perm, P, R, S, Cx)
+    return _droppable_fast(_block_columns(_row_permuted_masks(digits, row_perm, S), S), col_perm, P, R, S, Cx)
 
 
 def choose_col_perm(digits: np.ndarray, row_perm: np.ndarray, S: int, Cx: int,
@@ -395,8 +737,9 @@ def choose_col_perm(digits: np.ndarray, row_perm: np.ndarray, S: int, Cx: int,
         pat = np.stack([np.stack([(Ob[g] & dt(1 << (s * P + p))) != 0 for s in range(2)]) for p in range(P)])
         keys = pat[::-1].reshape(-1, C)
         sorted_perm[g] = np.lexsort(tuple(~k for k in keys[::-1]))
-    s_id = _droppable(Mp, ident, P, R, S, Cx)
-    s_so = _droppable(Mp, sorted_perm, P, R, S, Cx)
+    At = _block_columns(Mp, S)
+    s_id = _droppable_fast(At, ident, P, R, S, Cx)
+    s_so = _droppable_fast(At, sorted_perm, P, R, S, Cx)
     if s_so > s_id:
         return sorted_perm, {"identity": s_id, "chosen": s_so, "sorted": True}
     return ident, {"identity": s_id, "chosen": s_id, "sorted": False}

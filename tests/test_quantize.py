@@ -249,3 +249,73 @@ def test_weight_scales_do_not_depend_on_channel_blocks():
             whole = qmath.choose_weight_scales(X, bits, pow2, block_bytes=1 << 40)
             blocked = qmath.choose_weight_scales(X, bits, pow2, block_bytes=300 * 8 * 8)
             assert np.array_equal(whole, blocked)
+
+
+def _scale_cases(rng):
+    """Weight matrices [rows, channels] of every layout and kind of tie the search meets."""
+    cases = []
+    for t in range(18):
+        R, K = int(rng.integers(1, 600)), int(rng.integers(1, 50))
+        W = rng.laplace(size=(R, K)) * rng.uniform(0.01, 2.0, K)
+        if t % 3 == 0:
+            W = np.asfortranarray(W)
+        if t % 4 == 1:
+            W = W[:, ::-1]                             # neither C nor F contiguous
+        if t % 5 == 0:
+            W[:, 0] = 0.0                              # an all-zero channel
+        if t % 6 == 2:
+            W = np.round(W * 4) / 4                    # on a power-of-two grid: exact ties
+        if t == 7:
+            W = np.full((R, K), 0.5)                   # constant channels
+        cases.append(W)
+    cases.append(rng.standard_normal((5000, 1)))       # per tensor: one tall column
+    return cases
+
+
+def test_weight_scales_equal_the_numpy_definition():
+    """choose_weight_scales (numba kernels, provably worse candidates stopped early, ambiguous
+    channels decided on the exact einsum errors) returns the bits of the plain numpy definition,
+    choose_weight_scales_reference: every layout, bit width, pow2, refinement and blocking."""
+    rng = np.random.default_rng(12)
+    for W in _scale_cases(rng):
+        for bits, pow2 in ((8, False), (4, False), (2, False), (16, False), (6, True), (3, True)):
+            for block_bytes, refine in ((1 << 20, 4), (2000, 4), (1 << 20, 0), (2000, 1)):
+                want = qmath.choose_weight_scales_reference(W, bits, pow2, refine, block_bytes)
+                got = qmath.choose_weight_scales(W, bits, pow2, refine, block_bytes)
+                assert np.array_equal(want, got), (W.shape, bits, pow2, refine, block_bytes)
+
+
+def test_error_kernel_rounds_like_numpy():
+    """The kernels' terms e = x - clip(rint(x / s), -q, q) * s are numpy's, bit for bit (no FMA,
+    no reciprocal; halves round to even): with one row the kernel's sum is the term squared."""
+    rng = np.random.default_rng(3)
+    s = np.exp2(rng.integers(-12, 4, 4000).astype(np.float64)) * rng.uniform(0.5, 2.0, 4000)
+    x = rng.standard_normal(4000) * s * rng.uniform(1, 200, 4000)
+    x[:1000] = (np.rint(x[:1000] / s[:1000]) + 0.5) * s[:1000]          # on (or next to) the halves
+    x[1000:1500] = np.nextafter(x[1000:1500], np.inf)
+    for qmax in (1, 7, 127):
+        F = qmath._kernels()["mse_candidates"](x[:, None], s[None], float(qmax), 2.0, 0.0)[0]
+        e = x - np.clip(np.rint(x / s), -qmax, qmax) * s
+        assert np.array_equal(F, e * e)
+
+
+@pytest.mark.parametrize("name", list(graphs.all_crossbar_models()))
+def test_quantize_weights_equal_the_numpy_definition(name):
+    """Integer weights from the fused kernel: clip(rint(W / s)) in the tensor's layout, as numpy."""
+    from xbc.layer import from_matrix
+    m = graphs.all_crossbar_models()[name]
+    res = _quant(m, pipeline="quantize{weight-bits=5}")
+    for node in res.graph.layers():
+        L = node.layer
+        W = np.asarray(L.weight_value(node).const, np.float64)
+        for per_channel in (True, False):
+            w_int, s = qmath.quantize_weights(W, L.kind, L.groups, node.attrs, 5, per_channel=per_channel)
+            M = to_matrix(L.kind, W, L.groups, node.attrs)
+            G, R, C = M.shape
+            X = M.transpose(1, 0, 2).reshape(R, G * C) if per_channel else M.reshape(-1, 1)
+            s_ref = qmath.choose_weight_scales_reference(X, 5)
+            s_ref = s_ref if per_channel else np.full(G * C, s_ref[0])
+            Q = np.clip(np.rint(M / s_ref.reshape(G, 1, C)), -15, 15).astype(np.int32)
+            want = from_matrix(L.kind, Q, W.shape, L.groups, node.attrs).astype(np.int32)
+            assert np.array_equal(s, s_ref) and w_int.dtype == np.int32 and np.array_equal(w_int, want)
+            assert w_int.flags.c_contiguous == want.flags.c_contiguous

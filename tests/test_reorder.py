@@ -149,3 +149,49 @@ def test_rarity_ties_keep_row_order():
     nf = X.sum(axis=0)
     score = X @ np.where(nf > 0, np.log(40 / np.maximum(nf, 1)), 0.0)
     assert np.all(np.diff(score[order]) <= 1e-9)
+
+
+def _proto_digits(rng, P, G, R, C, dens):
+    """Rows drawn from a few prototypes with a little noise: supports that swaps can gather."""
+    k = int(rng.integers(2, 6))
+    base = (rng.random((k, P, C)) < dens) * rng.choice([-1, 1], (k, P, C))
+    D = base[rng.integers(0, k, (G, R))].transpose(2, 0, 1, 3).copy()        # [P, G, R, C]
+    flip = rng.random(D.shape) < 0.02
+    D[flip] = rng.choice([-1, 0, 1], int(flip.sum()))
+    return D.astype(np.int8)
+
+
+@pytest.mark.parametrize("P", [3, 8, 12, 32])
+def test_kernels_equal_the_numpy_references(P):
+    """The numba kernels give the numpy reference's results exactly, for every mask width (P
+    planes -> uint8 ... uint64 masks): support masks, rarity order, the swap refinement (also
+    when it improves), segment counts and droppable row slots."""
+    from xbc.passes import reorder as ro
+    rng = np.random.default_rng(P)
+    swapped = 0
+    for trial in range(6):
+        G, R, C = int(rng.integers(1, 3)), int(rng.integers(2, 300)), int(rng.integers(1, 40))
+        S, Cx = int(rng.choice([4, 16, 32])), int(rng.choice([1, 3, 16]))
+        dens = float(rng.uniform(0.05, 0.5))
+        D = _proto_digits(rng, P, G, R, C, dens) if trial % 2 else \
+            ((rng.random((P, G, R, C)) < dens) * rng.choice([-1, 1], (P, G, R, C))).astype(np.int8)
+        M = ro.support_mask(D)
+        ref = ro._support_mask_numpy(D)
+        assert M.dtype == ref.dtype and np.array_equal(M, ref)
+        for g in range(G):
+            Mg = M[g]
+            assert np.array_equal(ro.rarity_order(Mg, P), ro._rarity_order_reference(Mg, P))
+            perm = rng.permutation(R)
+            assert ro._kernels()["nonempty"](ro._packed(Mg), perm.astype(np.int64), S) == \
+                ro.nonempty_count_mask(Mg, perm, S)
+            if R > S:
+                p1, s1 = ro._swap_refine_mask(Mg, P, perm, S, 6)
+                p2, s2 = ro._swap_refine(None, perm, S, 6, Mg, XT=ro.feature_support_mask(Mg, P))
+                assert np.array_equal(p1, p2) and s1 == s2
+                swapped += s1 < ro.nonempty_count_mask(Mg, perm, S)
+        rp = np.stack([rng.permutation(R) for _ in range(G)])
+        cp = np.stack([rng.permutation(C) for _ in range(G)])
+        Mp = ro._row_permuted_masks(D, rp, S, M)
+        assert ro.droppable_row_slots(D, rp, cp, S, Cx) == ro._droppable(Mp, cp, P, R, S, Cx) \
+            == _droppable_reference(D, rp, cp, S, Cx)
+    assert swapped > 0

@@ -3,7 +3,9 @@
 :func:`load_calibration` reads either
 
 * an ``.npz`` file: one array per model input, named as the input, with a leading batch axis
-  (an array with the input's rank minus one is one sample); or
+  (an array with the input's rank minus one is one sample). A vector input ``[N]`` has no batch
+  axis: its array is one vector, or ``[k, N]``: ``k`` vectors, run one at a time (vectors end to
+  end, ``[k * N]``, are read the same way); or
 * a folder of images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; read with PIL when installed, else
   ``matplotlib.image``), for a model with exactly one 4-D float input ``[N, C, H, W]``.
   Preprocessing, fixed and documented: drop an alpha channel, gray to RGB (or RGB to gray for
@@ -14,7 +16,9 @@
 
 :func:`collect_ranges` runs onnxruntime once (one session) on the graph with every requested
 value exposed as an extra output, over the calibration batch (in chunks of the model's own batch
-size when its batch dimension is fixed), and returns per value the min / max or the percentiles.
+size when its batch dimension is fixed), and returns per value the min / max or the percentiles;
+:class:`RangesInBackground` does the same in a background thread (the quantize pass quantizes
+the weights meanwhile). :func:`synthetic_calibration` draws the documented default inputs.
 """
 
 from __future__ import annotations
@@ -151,7 +155,8 @@ def _load_images(folder: Path, inputs: dict) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------
 
 def _chunks(calib: dict[str, np.ndarray], model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Split the calibration arrays into feeds the model accepts (its own fixed batch size)."""
+    """Split the calibration arrays into feeds the model accepts (its own fixed batch size; one
+    vector per feed for a vector input)."""
     inits = {t.name for t in model.graph.initializer}
     specs = {i.name: i for i in model.graph.input if i.name not in inits}
     missing = sorted(set(specs) - set(calib))
@@ -162,7 +167,16 @@ def _chunks(calib: dict[str, np.ndarray], model: onnx.ModelProto) -> list[dict[s
     for name, vi in specs.items():
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
         arr = np.asarray(calib[name])
-        if arr.ndim == len(dims) - 1:
+        row = None
+        if len(dims) == 1 and arr.ndim == 2:
+            # a vector input [N] has no batch axis: each row of a 2-D array is one sample, and
+            # the rows end to end are cut back into one vector per run
+            if dims[0] > 0 and arr.shape[1] != dims[0]:
+                raise CalibrationError(f"calibration array for input {name!r} has shape {list(arr.shape)}; the "
+                                       f"model expects vectors of {dims[0]} (one sample per row)")
+            row = max(arr.shape[1], 1)
+            arr = arr.reshape(-1)
+        elif arr.ndim == len(dims) - 1:
             arr = arr[None]
         if arr.ndim != len(dims) or any(d > 0 and a != d for a, d in zip(arr.shape[1:], dims[1:])):
             raise CalibrationError(f"calibration array for input {name!r} has shape {list(arr.shape)}; the "
@@ -170,7 +184,7 @@ def _chunks(calib: dict[str, np.ndarray], model: onnx.ModelProto) -> list[dict[s
         et = vi.type.tensor_type.elem_type
         if et:
             arr = arr.astype(helper.tensor_dtype_to_np_dtype(et), copy=False)
-        b0 = dims[0] if dims and dims[0] > 0 else arr.shape[0]
+        b0 = row if row is not None else dims[0] if dims and dims[0] > 0 else arr.shape[0]
         if not dims:
             b0, k = 1, 1
         else:
@@ -198,6 +212,52 @@ def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[s
     ``method="minmax"`` gives the smallest and largest value seen, ``"percentile"`` the
     ``100-percentile`` and ``percentile`` percentiles of all values seen.
     """
+    return _run_ranges(*_prepare_ranges(model, value_names, calib, method, shapes, elem_types),
+                       method=method, percentile=percentile)
+
+
+class RangesInBackground:
+    """:func:`collect_ranges` in a background thread, started at construction: onnxruntime
+    builds the session and runs the model there (it releases the GIL while it runs, so the
+    caller can work meanwhile). :meth:`result` waits and returns the ranges (the same) or raises
+    the error :func:`collect_ranges` would have raised; :meth:`failed` tells early that it will.
+    ``model`` belongs to the thread until then (outputs are added to it for the session)."""
+
+    def __init__(self, model: onnx.ModelProto, value_names: list[str], calib: dict[str, np.ndarray], *,
+                 method: str = "minmax", percentile: float = 99.99,
+                 shapes: dict[str, tuple] | None = None, elem_types: dict[str, int] | None = None):
+        import threading  # noqa: PLC0415
+
+        self._out: dict = {}
+        self._error: BaseException | None = None
+
+        def work():
+            try:
+                self._out = collect_ranges(model, value_names, calib, method=method, percentile=percentile,
+                                           shapes=shapes, elem_types=elem_types)
+            except BaseException as e:  # noqa: BLE001  (raised by result())
+                self._error = e
+
+        self._thread = threading.Thread(target=work, name="xbc-calibration", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def failed(self) -> bool:
+        """The run has finished, with an error."""
+        return not self._thread.is_alive() and self._error is not None
+
+    def result(self) -> dict[str, tuple[float, float]]:
+        self._thread.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        return self._out
+
+
+def _prepare_ranges(model, value_names, calib, method, shapes, elem_types):
+    """Check the method and the data, build the session (every requested value an output)."""
     from . import ortutil  # noqa: PLC0415
 
     if method not in ("minmax", "percentile"):
@@ -221,6 +281,10 @@ def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[s
         sess = ortutil.session(m)
     finally:
         del m.graph.output[n_outputs:]
+    return sess, feeds_list, wanted, input_names
+
+
+def _run_ranges(sess, feeds_list, wanted, input_names, *, method, percentile) -> dict[str, tuple[float, float]]:
     fetch = [n for n in wanted if n not in input_names]
     lo = {n: np.inf for n in wanted}
     hi = {n: -np.inf for n in wanted}
@@ -236,12 +300,14 @@ def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[s
                 a = a.astype(np.float64)
             if a.size == 0:
                 continue
-            if not np.all(np.isfinite(a)):
+            # min and max propagate NaN, and an Inf is the min or the max: both finite <=> all finite
+            a_lo, a_hi = float(a.min()), float(a.max())
+            if not (np.isfinite(a_lo) and np.isfinite(a_hi)):
                 raise CalibrationError(f"value {n!r} is not finite on the calibration data (NaN/Inf); "
                                        f"check the calibration inputs and the model")
             if method == "minmax":
-                lo[n] = min(lo[n], float(a.min()))
-                hi[n] = max(hi[n], float(a.max()))
+                lo[n] = min(lo[n], a_lo)
+                hi[n] = max(hi[n], a_hi)
             else:
                 seen[n].append(a.astype(np.float32).ravel())
     out = {}
@@ -266,8 +332,11 @@ def synthetic_calibration(model: onnx.ModelProto, seed: int = 0, samples: int = 
     out = {}
     rng = np.random.default_rng(seed)
     for name, (dims, dt) in specs.items():
-        b0 = dims[0] if dims else 1
-        shape = ((max(1, samples // max(b0, 1)) * b0,) + tuple(dims[1:])) if dims else ()
+        if len(dims) == 1:      # a vector input has no batch axis: ``samples`` vectors, one per row
+            shape = (samples, dims[0])
+        else:
+            b0 = dims[0] if dims else 1
+            shape = ((max(1, samples // max(b0, 1)) * b0,) + tuple(dims[1:])) if dims else ()
         if np.issubdtype(dt, np.floating):
             out[name] = rng.standard_normal(shape).astype(dt)
         elif dt == np.bool_:
