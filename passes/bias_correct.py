@@ -9,7 +9,7 @@ against the layer's input: on output channel ``o`` it shifts the output by
 
 where ``(*)`` is the layer's own op (Conv, ConvTranspose, Gemm, MatMul with its attributes).
 Because the op is linear and independent along the input's leading axis (the batch, or the rows
-of a 2-D Gemm/MatMul input), ``delta`` is exactly the op applied to the mean input
+of a 2-D Gemm/MatMul input; a vector input is averaged over the samples only), ``delta`` is exactly the op applied to the mean input
 ``xbar = E[x]`` over that axis, averaged over every output axis except the channel axis (axis
 1 for Conv/ConvTranspose, the last for Gemm/MatMul); border positions of a padded conv are
 accounted for exactly, since the op itself pads ``xbar``. The pass sets the bias to ``b - delta``
@@ -81,7 +81,7 @@ def layer_input_means(graph: Graph, layers, calib: dict[str, np.ndarray]) -> dic
             raise ModelError(f"onnxruntime failed on the calibration data: {e}") from None
         for n in names:
             a = np.asarray(feeds[n] if n in graph_inputs else res[n], np.float64)
-            m = a.mean(axis=0, keepdims=True) if a.ndim else a
+            m = a.mean(axis=0, keepdims=True) if a.ndim >= 2 else a    # a vector input has no batch axis
             acc[n] = acc[n] + m if n in acc else m
     return {n: a / max(len(feeds_list), 1) for n, a in acc.items()}
 

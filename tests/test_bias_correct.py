@@ -31,6 +31,9 @@ def _model(kind: str):
     elif kind == "gemm":    # no bias: the pass adds one
         x, n = [3, 20], helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)
         inits, y = [f(7, 20)], [3, 7]
+    elif kind == "matmul_vector":   # a vector input: no batch axis, each calibration row a sample
+        x, n = [20], helper.make_node("MatMul", ["x", "W"], ["y"])
+        inits, y = [f(20, 7)], [7]
     else:                   # 3-D MatMul: an Add after it carries the correction
         x, n = [2, 5, 20], helper.make_node("MatMul", ["x", "W"], ["y"])
         inits, y = [f(20, 7)], [2, 5, 7]
@@ -39,7 +42,8 @@ def _model(kind: str):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
                           [numpy_helper.from_array(a, nm) for a, nm in zip(inits, names)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    calib = {"x": (r.standard_normal([8 * x[0]] + x[1:]) + 0.7).astype(np.float32)}  # non-zero mean
+    shape = [8] + x if len(x) == 1 else [8 * x[0]] + x[1:]
+    calib = {"x": (r.standard_normal(shape) + 0.7).astype(np.float32)}  # non-zero mean
     return m, calib
 
 
@@ -48,15 +52,16 @@ def _mean_error(model, res, calib) -> np.ndarray:
     eff = effective_model(res.graph)
     kind_axis = 1 if len(model.graph.output[0].type.tensor_type.shape.dim) == 4 else -1
     d = []
-    for i in range(0, calib["x"].shape[0], int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value)):
-        b = calib["x"].shape[0] // 8
-        feeds = {"x": calib["x"][i:i + b]}
+    vector = len(model.graph.input[0].type.tensor_type.shape.dim) == 1
+    b = calib["x"].shape[0] // 8
+    for i in range(8):                  # the 8 calibration samples, as quantize splits them
+        feeds = {"x": calib["x"][i] if vector else calib["x"][i * b:(i + 1) * b]}
         d.append(ortutil.run(eff, feeds)["y"].astype(np.float64) - ortutil.run(model, feeds)["y"])
-    d = np.concatenate(d)
+    d = np.stack(d) if d[0].ndim == 1 else np.concatenate(d)
     return np.moveaxis(d, kind_axis, 0).reshape(d.shape[kind_axis], -1).mean(axis=1)
 
 
-@pytest.mark.parametrize("kind", ["conv", "depthwise", "conv_transpose", "gemm", "matmul"])
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "conv_transpose", "gemm", "matmul", "matmul_vector"])
 def test_mean_output_matches_float(kind):
     model, calib = _model(kind)
     base = "quantize{weight-bits=4,input-bits=16}"
@@ -68,7 +73,7 @@ def test_mean_output_matches_float(kind):
     np.testing.assert_allclose(after, 0.0, atol=5e-4 * np.abs(before).max() + 1e-6)
     st = res.results[-1].stats
     assert st["corrected"] == 1 and st["layers"] == 1
-    if kind == "matmul":
+    if kind.startswith("matmul"):
         assert [n.op_type for n in res.graph.nodes] == ["MatMul", "Add"]
 
 
