@@ -578,3 +578,10 @@ def test_ir_version_newer_than_onnxruntime_reads():
         np.testing.assert_array_equal(got[k], ref[k])
     assert m.ir_version == max_supported_ir_version() + 3      # the caller's proto is unchanged
     compile_model(m, "sme", input_shapes=MODELS["resnet_bottleneck"][1] or None)
+
+
+def test_gemm_on_a_vector_is_an_error():
+    m = fm.make([helper.make_node("Gemm", ["x", "W"], ["y"], name="fc_vec", transB=1)],
+                [fm._vi("x", [4])], [fm._vi("y", [1, 3])], [fm._t("W", np.ones((3, 4), np.float32))])
+    with pytest.raises(ModelError, match="fc_vec.*2-D"):
+        load_model(m)

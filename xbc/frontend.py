@@ -1055,6 +1055,10 @@ def _rewrite_matmul_left(graph: Graph, node: Node) -> bool:
 def _rewrite_gemm(graph: Graph, node: Node) -> bool:
     A, B = node.inputs[0], node.inputs[1]
     C = node.inputs[2] if len(node.inputs) > 2 else None
+    for name, v in (("A", A), ("B", B)):
+        if v is not None and v.shape is not None and len(v.shape) != 2:
+            raise ModelError(f"node {node.name!r} (Gemm): input {name} {v.name!r} has shape {list(v.shape)}; "
+                             f"Gemm takes 2-D matrices (use MatMul, or Flatten/Reshape the input first)")
     if not _is_float_const(B) or B.const.ndim != 2 or A is None:
         return False
     changed = False
