@@ -50,6 +50,8 @@ from xbc.layer import Segment, empty_program, n_planes, to_matrix
 from xbc.packing import build_program, dense_crossbars, isaac_crossbars, signs_of
 from xbc.passmanager import Pass, PassResult, register
 
+KERNELS = True   # numba kernels (False: the numpy reference everywhere)
+
 
 def _check_digits(layer, digits: np.ndarray, w_mat: np.ndarray, cell_bits: int) -> None:
     G, R, C = layer.groups, layer.rows, layer.cols
@@ -78,8 +80,10 @@ def _permute(a: np.ndarray, layer, lead: int) -> np.ndarray:
     return a
 
 
-def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
-    """Cells of every logical column: ``[G, R, L]`` uint8 (row-major), rows in ``row_perm`` order.
+def layer_cells_np(layer, node, target) -> tuple[np.ndarray, int, int, int]:
+    """The numpy reference of :func:`layer_cells` (same result and errors).
+
+    Cells of every logical column: ``[G, R, L]`` uint8 (row-major), rows in ``row_perm`` order.
 
     Returns ``(cells, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
     holds plane ``p``, sign ``+1`` (s=0) or ``-1`` (s=1), output column ``col_perm[g, j]``.
@@ -135,6 +139,216 @@ def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
         for p in range(P):
             np.bitwise_and(v >> (p * cb), mask, out=cells[:, :, p, 0], casting="unsafe")
     return cells.reshape(G, R, P * S * C), P, S, offset
+
+
+def _perm_or_identity(perm, G: int, n: int) -> np.ndarray | None:
+    """``perm`` as a C-contiguous int64 ``[G, n]`` array, a permutation of ``range(n)`` per group
+    (identity when None); None when it is not one (the numpy path then handles it)."""
+    if perm is None:
+        return np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int64), (G, n)))
+    p = np.asarray(perm)
+    if p.shape != (G, n) or p.dtype.kind not in "iu" or (p.size and (int(p.min()) < 0 or int(p.max()) >= n)):
+        return None
+    p = np.ascontiguousarray(p, dtype=np.int64)
+    if p.size and not np.all(np.bincount((p + n * np.arange(G, dtype=np.int64)[:, None]).ravel(),
+                                         minlength=G * n) == 1):
+        return None
+    return p
+
+
+def layer_cells(layer, node, target) -> tuple[np.ndarray, int, int, int]:
+    """Cells of every logical column: ``[G, R, L]`` uint8 (row-major), rows in ``row_perm`` order.
+
+    Returns ``(cells, planes, signs, offset)``; logical column ``l = (p * signs + s) * C + j``
+    holds plane ``p``, sign ``+1`` (s=0) or ``-1`` (s=1), output column ``col_perm[g, j]``.
+    Segments are views ``cells[g, r0:r0+Rx]``; the dense program is a block copy of them. Digits
+    equal :func:`xbc.layer.sign_magnitude_digits` (a test checks the equality).
+
+    One numba kernel per layer reads the weights (or digits) row by row through the permutations
+    and writes every plane and sign of that row (and checks ``layer.digits``), with no
+    whole-layer temporaries; :func:`layer_cells_np` is the numpy reference (same result and
+    errors, the tests compare both).
+    """
+    q = layer.quant
+    if not KERNELS or q is None:
+        return layer_cells_np(layer, node, target)
+    cb = target.cell_bits
+    b = q.weight_bits
+    w_mat = to_matrix(layer.kind, np.asarray(q.w_int), layer.groups, node.attrs).astype(np.int32, copy=False)
+    G, R, C = w_mat.shape
+    rp = _perm_or_identity(layer.row_perm, G, R)
+    cp = _perm_or_identity(layer.col_perm, G, C)
+    if rp is None or cp is None or w_mat.ndim != 3:
+        return layer_cells_np(layer, node, target)
+    k = _kernels()
+    w = np.ascontiguousarray(w_mat)
+    if target.weight_encoding == "split":
+        S, offset = 2, 0
+        if layer.digits is not None:
+            D = layer.digits
+            if not isinstance(D, np.ndarray) or D.dtype != np.int8 or D.ndim != 4 or D.shape[1:] != (G, R, C):
+                return layer_cells_np(layer, node, target)
+            P = D.shape[0]
+            cells = np.empty((G, R, P, S, C), np.uint8)
+            Dt = D.transpose(1, 2, 3, 0)     # orchestrate-bits stores [G, R, P, C] or [G, R, C, P]
+            if P == 8 and Dt.flags.c_contiguous and np.little_endian:
+                big, bad = k["digits8"](Dt.view(np.uint64).reshape(G, R, C), w, rp, cp, cb, cells)
+            else:
+                big, bad = k["digits"](D.transpose(1, 2, 0, 3), w, rp, cp, cb, cells)
+            if big:
+                raise VerifyError(f"layer {layer.id}: a digit does not fit a {cb}-bit cell")
+            if bad:
+                raise VerifyError(f"layer {layer.id}: digits do not add up to the quantized weights at {bad} "
+                                  f"position(s); the pass that set layer.digits must keep them equal")
+        else:
+            P = n_planes(b, cb, "split")
+            mx = max(int(w.max(initial=0)), -int(w.min(initial=0)))
+            if mx >> (P * cb):
+                raise PassError(f"layer {layer.id}: weights need more than {P} planes of {cb} bits "
+                                f"(they exceed the {b}-bit symmetric range)")
+            cells = np.empty((G, R, P, S, C), np.uint8)
+            k["magnitude"](w, rp, cp, cb, 0, cells)
+    else:
+        S = 1
+        P = n_planes(b, cb, "offset")
+        offset = 1 << (b - 1)
+        if w.size and (int(w.min()) + offset < 0 or int(w.max()) + offset >= (1 << (P * cb))):
+            raise PassError(f"layer {layer.id}: weights exceed the {b}-bit range of offset encoding")
+        cells = np.empty((G, R, P, S, C), np.uint8)
+        k["magnitude"](w, rp, cp, cb, offset, cells)
+    return cells.reshape(G, R, P * S * C), P, S, offset
+
+
+# numba kernels (compiled, or loaded from numba's cache, on first use by :func:`_kernels`)
+
+def _k_digits(D4, w, rp, cp, cb, cells):
+    # D4 [G, R, P, C] (the digits D[p, g, r, c] as D4[g, r, p, c]); cells[g, r, p, 0/1, c] =
+    # positive / negative part of D[p, g, rp[g, r], cp[g, c]]. Returns (some |digit| >= 2**cb,
+    # number of positions where the digits do not add up to w).
+    G, R, P, C = D4.shape
+    lim = 1 << cb
+    mn = 0
+    mx = 0
+    bad = 0
+    acc = np.empty(C, np.int64)
+    tmp = np.empty(C, np.int8)
+    for g in range(G):
+        cpg = cp[g]
+        for r in range(R):
+            rr = rp[g, r]
+            blk = D4[g, rr]
+            acc[:] = 0
+            for p in range(P):
+                src = blk[p]
+                sh = p * cb
+                for c in range(C):
+                    d = np.int64(src[c])
+                    mn = min(mn, d)
+                    mx = max(mx, d)
+                    acc[c] += d << sh
+                for c in range(C):
+                    tmp[c] = src[cpg[c]]
+                pos = cells[g, r, p, 0]
+                neg = cells[g, r, p, 1]
+                for c in range(C):
+                    d = tmp[c]
+                    pos[c] = max(d, 0)
+                    neg[c] = max(-d, 0)   # int8 negation, as numpy's
+            wr = w[g, rr]
+            for c in range(C):
+                if acc[c] != wr[c]:
+                    bad += 1
+    return mx >= lim or mn <= -lim, bad
+
+
+def _k_digits8(Du, w, rp, cp, cb, cells):
+    # _k_digits for P = 8 planes with each weight's 8 digits in one little-endian uint64
+    # (Du [G, R, C]: the bytes of Dt [G, R, C, 8])
+    G, R, C = Du.shape
+    lim = 1 << cb
+    mn = 0
+    mx = 0
+    bad = 0
+    buf = np.empty(C, np.uint64)
+    for g in range(G):
+        cpg = cp[g]
+        for r in range(R):
+            rr = rp[g, r]
+            row = Du[g, rr]
+            wr = w[g, rr]
+            for c in range(C):
+                x = row[c]
+                a = 0
+                for p in range(8):
+                    d = np.int64(np.int8(np.uint8((x >> np.uint64(8 * p)) & np.uint64(255))))
+                    mn = min(mn, d)
+                    mx = max(mx, d)
+                    a += d << (p * cb)
+                if a != wr[c]:
+                    bad += 1
+            for c in range(C):
+                buf[c] = row[cpg[c]]
+            for p in range(8):
+                pos = cells[g, r, p, 0]
+                neg = cells[g, r, p, 1]
+                sh = np.uint64(8 * p)
+                for c in range(C):
+                    d = np.int8(np.uint8((buf[c] >> sh) & np.uint64(255)))
+                    pos[c] = max(d, 0)
+                    neg[c] = max(-d, 0)   # int8 negation, as numpy's
+    return mx >= lim or mn <= -lim, bad
+
+
+def _k_magnitude(w, rp, cp, cb, offset, cells):
+    # offset == 0: sign-magnitude digits of w (planes of |w| into sign 0 / 1 by the sign of w);
+    # else the planes of w + offset into sign 0
+    G, R, C = w.shape
+    P = cells.shape[2]
+    mask = (1 << cb) - 1
+    for g in range(G):
+        cpg = cp[g]
+        for r in range(R):
+            src = w[g, rp[g, r]]
+            for p in range(P):
+                sh = p * cb
+                if offset == 0:
+                    pos = cells[g, r, p, 0]
+                    neg = cells[g, r, p, 1]
+                    for c in range(C):
+                        v = np.int64(src[cpg[c]])
+                        pos[c] = ((v if v > 0 else 0) >> sh) & mask
+                        neg[c] = ((-v if v < 0 else 0) >> sh) & mask
+                else:
+                    out = cells[g, r, p, 0]
+                    for c in range(C):
+                        out[c] = ((np.int64(src[cpg[c]]) + offset) >> sh) & mask
+
+
+def _k_nonzero(a):
+    # per row of a [X, n] uint8: any cell non-zero
+    X, n = a.shape
+    out = np.zeros(X, np.bool_)
+    for x in range(X):
+        row = a[x]
+        acc = np.uint8(0)
+        for i in range(n):
+            acc |= row[i]
+        out[x] = acc != 0
+    return out
+
+
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """The numba kernels of this pass, compiled on first use."""
+    if not _KERNELS:
+        import numba  # noqa: PLC0415
+
+        jit = numba.njit(cache=True, nogil=True)
+        _KERNELS.update(digits=jit(_k_digits), digits8=jit(_k_digits8), magnitude=jit(_k_magnitude),
+                        nonzero=jit(_k_nonzero))
+    return _KERNELS
 
 
 def logical_columns(layer, planes: int, signs: int, cell_bits: int, g: int):
@@ -244,7 +458,9 @@ class SliceBits(Pass):
             L.segments = segments
             L.program = prog
             sm_planes = n_planes(L.quant.weight_bits, t.cell_bits, t.weight_encoding)
-            nz = prog.cells.reshape(X, t.rows * t.cols).max(axis=1, initial=0) > 0
+            flat = prog.cells.reshape(X, t.rows * t.cols)
+            nz = (_kernels()["nonzero"](flat) if KERNELS and flat.flags.c_contiguous and flat.dtype == np.uint8
+                  else flat.max(axis=1, initial=0) > 0)
             st = {
                 "crossbars_dense": dense_crossbars(L.groups, L.rows, L.cols, t, sm_planes, signs_of(t),
                                                    self.share_groups),

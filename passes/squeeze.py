@@ -4,6 +4,8 @@
    cells in the kept columns are all zero. Row supports are handled as packed bits (one bit per
    cell, :func:`pack_support`), so after one pass over the cells everything else works on 1/8
    of the data.
+   Per segment, one numba kernel (:func:`_segment_items_fast`) packs the supports, orders the
+   columns and computes every item; the numpy functions here are its reference (``KERNELS``).
 2. Items. Up to three candidate item sets are built per layer and each is packed with the
    heuristic of :mod:`xbc.packing`; the one with the fewest crossbars wins (ties: the first):
 
@@ -49,6 +51,8 @@ from xbc.errors import OptionError, PassError
 from xbc.layer import Segment
 from xbc.packing import build_program, pack, pack_count
 from xbc.passmanager import Pass, PassResult, register
+
+KERNELS = True   # numba kernels (False: the numpy reference everywhere)
 
 
 def _popcount_rows(packed: np.ndarray) -> np.ndarray:
@@ -101,6 +105,8 @@ class _Seg:
 
     def mask(self, lo: int, hi: int) -> np.ndarray:
         """Row mask of kept columns ``lo:hi``."""
+        if KERNELS and self.packed.flags.c_contiguous:
+            return _kernels()["mask"](self.packed, lo, hi, self.r)
         bits = np.bitwise_or.reduce(self.packed[lo:hi], axis=0)
         return np.unpackbits(bits, count=self.r).astype(bool)
 
@@ -163,6 +169,252 @@ def _segment_items(seg: Segment, Cx: int, split: bool, binary: bool):
     return whole, one, two, kept
 
 
+def _segment_items_fast(seg: Segment, Cx: int, split: bool, binary: bool):
+    """:func:`_segment_items` with its numerical work in one numba kernel (:func:`_k_items`):
+    the same items, kept columns (in the same order), packed supports and masks."""
+    cells = seg.cells
+    if cells.dtype != np.uint8 or cells.ndim != 2 or cells.shape[0] == 0:
+        return _segment_items(seg, Cx, split, binary)
+    r = cells.shape[0]
+    keep, pk, total, masks, counts, nf, m, pre_last, cut, pre_cut, suf_cut = _kernels()["items"](cells, split, Cx)
+    n = keep.size
+    if n == 0:
+        return None
+    kept = (int(n), int(total))
+    s = _Seg(seg, keep, pk, r)
+    counts = counts.tolist()
+    whole = [_Item(s, 0, n, counts[nf], masks[nf])]
+    if not split:
+        return whole, None, None, kept
+    chunks = [_Item(s, k * Cx, (k + 1) * Cx, counts[k], masks[k]) for k in range(nf)]
+    if m == 0:
+        return whole, chunks, chunks, kept
+    lo = nf * Cx
+    one = chunks + [_Item(s, lo, n, pre_last, masks[nf + 1])]
+    if cut < 0:
+        return whole, one, one, kept
+    return whole, one, chunks + [_Item(s, lo, lo + cut, pre_cut, masks[nf + 2]),
+                                 _Item(s, lo + cut, n, suf_cut, masks[nf + 3])], kept
+
+
+# numba kernels (compiled, or loaded from numba's cache, on first use by :func:`_kernels`); the
+# numpy functions above are the reference and the tests compare both.
+
+def _k_unpack(bits, r, out):
+    # np.unpackbits(bits, count=r).astype(bool) into out
+    for i in range(r):
+        out[i] = (bits[i >> 3] >> (7 - (i & 7))) & 1
+
+
+def _k_popcount(bits):
+    t = 0
+    for b in range(bits.shape[0]):
+        v = bits[b]
+        while v:
+            v &= v - 1
+            t += 1
+    return t
+
+
+def _k_argsort(key):
+    # stable argsort of uint64 keys (np.argsort(key, kind="stable")): LSD radix sort, 11-bit
+    # digits (6 passes), skipping digits that all keys share
+    n = key.shape[0]
+    idx = np.arange(n)
+    tmp = np.empty(n, np.int64)
+    k1 = key.copy()
+    k2 = np.empty(n, np.uint64)
+    cnt = np.empty(2049, np.int64)
+    mask = np.uint64(2047)
+    for d in range(6):
+        sh = np.uint64(11 * d)
+        cnt[:] = 0
+        for i in range(n):
+            cnt[((k1[i] >> sh) & mask) + 1] += 1
+        if n == 0 or cnt[((k1[0] >> sh) & mask) + 1] == n:
+            continue
+        for b in range(2048):
+            cnt[b + 1] += cnt[b]
+        for i in range(n):
+            v = (k1[i] >> sh) & mask
+            j = cnt[v]
+            cnt[v] = j + 1
+            tmp[j] = idx[i]
+            k2[j] = k1[i]
+        idx, tmp = tmp, idx
+        k1, k2 = k2, k1
+    return idx
+
+
+def _k_items(cells, split, Cx):
+    r, L = cells.shape
+    nb = (r + 7) >> 3
+    # row supports of every column, packed (pack_support) and counted
+    tmp = np.zeros((nb, L), np.uint8)
+    for b in range(nb):
+        dst = tmp[b]
+        for i in range(8 * b, min(r, 8 * b + 8)):
+            row = cells[i]
+            bit = np.uint8(1 << (7 - (i & 7)))
+            for c in range(L):
+                dst[c] = dst[c] | (bit if row[c] != 0 else np.uint8(0))
+    cnt = np.zeros(L, np.int32)
+    for b in range(nb):
+        src = tmp[b]
+        for c in range(L):
+            x = src[c]
+            x = x - ((x >> np.uint8(1)) & np.uint8(0x55))
+            x = (x & np.uint8(0x33)) + ((x >> np.uint8(2)) & np.uint8(0x33))
+            cnt[c] += np.int32((x + (x >> np.uint8(4))) & np.uint8(0x0F))
+    n = 0
+    total = 0
+    for c in range(L):
+        if cnt[c]:
+            n += 1
+            total += cnt[c]
+    keep = np.empty(n, np.int64)
+    j = 0
+    for c in range(L):
+        if cnt[c]:
+            keep[j] = c
+            j += 1
+    if split and n > 0:
+        # support_keys: (r - size) << 51 | the first 51 rows' pattern, stable order
+        key = np.empty(n, np.uint64)
+        hb = min(8, nb)
+        for j in range(n):
+            c = keep[j]
+            pat = np.uint64(0)
+            for b in range(hb):
+                pat |= np.uint64(tmp[b, c]) << np.uint64(56 - 8 * b)
+            key[j] = (np.uint64(r - cnt[c]) << np.uint64(51)) | (pat >> np.uint64(13))
+        keep = keep[_k_argsort_nb(key)]
+    pk = np.empty((n, nb), np.uint8)
+    for j in range(n):
+        c = keep[j]
+        for b in range(nb):
+            pk[j, b] = tmp[b, c]
+    nf = n // Cx if split else 0
+    masks = np.zeros((nf + 4, r), np.bool_)   # chunks, whole, remainder, remainder cut in two
+    counts = np.zeros(nf + 4, np.int64)
+    allb = np.zeros(nb, np.uint8)
+    bits = np.zeros(nb, np.uint8)
+    for k in range(nf):
+        bits[:] = 0
+        for j in range(k * Cx, (k + 1) * Cx):
+            for b in range(nb):
+                bits[b] |= pk[j, b]
+        _k_unpack_nb(bits, r, masks[k])
+        counts[k] = _k_popcount_nb(bits)
+        for b in range(nb):
+            allb[b] |= bits[b]
+    lo = nf * Cx
+    m = n - lo
+    pre_last = 0
+    cut = -1
+    pre_cut = 0
+    suf_cut = 0
+    if split and m > 0:
+        pre = np.empty(m, np.int64)
+        suf = np.empty(m, np.int64)
+        bits[:] = 0
+        for t in range(m):
+            for b in range(nb):
+                bits[b] |= pk[lo + t, b]
+            pre[t] = _k_popcount_nb(bits)
+        for b in range(nb):
+            allb[b] |= bits[b]
+        bits[:] = 0
+        for t in range(m - 1, -1, -1):
+            for b in range(nb):
+                bits[b] |= pk[lo + t, b]
+            suf[t] = _k_popcount_nb(bits)
+        pre_last = pre[m - 1]
+        if m >= 2:
+            best = -1
+            ba = 0
+            for t in range(1, m):
+                a = t * pre[t - 1] + (m - t) * suf[t]
+                if best < 0 or a < ba:
+                    best = t
+                    ba = a
+            if ba < m * pre_last:
+                cut = best
+                pre_cut = pre[best - 1]
+                suf_cut = suf[best]
+                for part in range(2):
+                    bits[:] = 0
+                    for t in range(cut if part == 0 else m - cut):
+                        for b in range(nb):
+                            bits[b] |= pk[lo + t + (0 if part == 0 else cut), b]
+                    _k_unpack_nb(bits, r, masks[nf + 2 + part])
+        bits[:] = 0
+        for t in range(m):
+            for b in range(nb):
+                bits[b] |= pk[lo + t, b]
+        _k_unpack_nb(bits, r, masks[nf + 1])
+    elif not split:
+        for b in range(nb):   # OR over the kept columns = OR over all columns
+            src = tmp[b]
+            acc = np.uint8(0)
+            for c in range(L):
+                acc |= src[c]
+            allb[b] = acc
+    _k_unpack_nb(allb, r, masks[nf])
+    counts[nf] = _k_popcount_nb(allb)
+    return keep, pk, total, masks, counts, nf, m, pre_last, cut, pre_cut, suf_cut
+
+
+def _k_mask(packed, lo, hi, r):
+    # _Seg.mask: np.unpackbits(OR of packed[lo:hi], count=r).astype(bool)
+    nb = packed.shape[1]
+    bits = np.zeros(nb, np.uint8)
+    for j in range(lo, hi):
+        for b in range(nb):
+            bits[b] |= packed[j, b]
+    out = np.empty(r, np.bool_)
+    _k_unpack_nb(bits, r, out)
+    return out
+
+
+def _k_fill(dst, src, cols, P, masks):
+    # piece k = P[k] = (x, r0, c0, lo, hi, m): dst[x, r0 + i, c0 + j] = src[row_i, cols[lo + j]]
+    # for the rows row_i of src in mask masks[m] (all rows when m < 0), j < hi - lo. Source row
+    # by source row (one row of src stays in cache while every piece takes its columns)
+    K = P.shape[0]
+    row = P[:, 1].copy()
+    for a in range(src.shape[0]):
+        s = src[a]
+        for k in range(K):
+            m = P[k, 5]
+            if m >= 0 and not masks[m, a]:
+                continue
+            x, c0, lo, hi = P[k, 0], P[k, 2], P[k, 3], P[k, 4]
+            d = dst[x, row[k], c0:c0 + hi - lo]
+            cc = cols[lo:hi]
+            for j in range(hi - lo):
+                d[j] = s[cc[j]]
+            row[k] += 1
+
+
+_k_unpack_nb = _k_popcount_nb = _k_argsort_nb = None
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """The numba kernels of this pass, compiled on first use."""
+    global _k_unpack_nb, _k_popcount_nb, _k_argsort_nb  # noqa: PLW0603
+    if not _KERNELS:
+        import numba  # noqa: PLC0415
+
+        jit = numba.njit(cache=True, nogil=True)
+        _k_unpack_nb = jit(_k_unpack)
+        _k_popcount_nb = jit(_k_popcount)
+        _k_argsort_nb = jit(_k_argsort)
+        _KERNELS.update(items=jit(_k_items), mask=jit(_k_mask), fill=jit(_k_fill))
+    return _KERNELS
+
+
 def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exact_limit: int,
                   time_limit: float, seed: int, workers: int, cell_bits: int = 8, offset: int = 0):
     """Squeeze and pack one layer's segments. Returns ``(program, pieces, placements, info)``.
@@ -172,7 +424,8 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
     format of :func:`xbc.layer.assemble_program`, and ``assemble_program(pieces, placements, Rx,
     Cx, offset)`` rebuilds ``program`` exactly (the tests check it)."""
     binary = cell_bits == 1
-    per = [x for x in (_segment_items(seg, Cx, split, binary) for seg in segments) if x is not None]
+    items_of = _segment_items_fast if KERNELS else _segment_items
+    per = [x for x in (items_of(seg, Cx, split, binary) for seg in segments) if x is not None]
     variants = [("whole", [it for w, _, _, _ in per for it in w])]
     if split:
         variants.append(("chunks", [it for _, c, _, _ in per for it in c]))
@@ -214,7 +467,32 @@ def squeeze_layer(segments: list[Segment], Rx: int, Cx: int, *, split: bool, exa
 
     seg_index = {id(ps): k for k, (w, _, _, _) in enumerate(per) for ps in (w[0].s,)}
 
+    def fill_kernel(cells, flat):
+        # one kernel call per source segment copies all its pieces (the rows of their masks, the
+        # kept columns of their range); pieces never overlap (build_program checked it)
+        by_seg: dict[int, list] = {}
+        for e in flat:
+            by_seg.setdefault(id(sources[e[1]][0]), []).append(e)
+        k_fill = _kernels()["fill"]
+        for ents in by_seg.values():
+            s = sources[ents[0][1]][0]
+            rows, masks = [], []
+            for x, k, r0, c0, _a, _b in ents:
+                _, lo, hi, mask = sources[k]
+                if mask is None:
+                    rows.append((x, r0, c0, lo, hi, -1))
+                else:
+                    rows.append((x, r0, c0, lo, hi, len(masks)))
+                    masks.append(mask)
+            P = np.array(rows, dtype=np.int64).reshape(-1, 6)
+            M = np.stack(masks) if masks else np.zeros((0, s.r), np.bool_)
+            k_fill(cells, s.seg.cells, s.cols, P, M)
+            for x, k, r0, c0, a, b in ents:
+                pieces[k].cells = cells[x, r0:r0 + len(pieces[k].rows), c0:c0 + b - a]
+
     def fill(cells, flat):
+        if KERNELS and all(s.seg.cells.dtype == np.uint8 and s.seg.cells.ndim == 2 for s, *_ in sources):
+            return fill_kernel(cells, flat)
         # Visit the pieces segment by segment (in column order), so each segment's kept columns
         # are gathered once; runs of full-width, all-rows pieces in consecutive crossbars (the
         # bulk of a large layer) are copied with one block assignment.

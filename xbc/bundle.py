@@ -142,17 +142,42 @@ def _le(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+_HASH_ASYNC = 1 << 16   # arrays of at least this many bytes are hashed on a worker thread
+
+
+def _sha_hex(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class _ArrayWriter:
-    """Appends arrays to ``arrays.bin`` (8-byte aligned, zero padding), returning references."""
+    """Appends arrays to ``arrays.bin`` (8-byte aligned, zero padding), returning references.
+
+    Large arrays are hashed on worker threads while the main thread goes on writing (hashlib
+    and file writes release the GIL): one worker runs the whole-file hash (in write order),
+    another the per-array and per-crossbar hashes. References get their ``sha256`` in
+    :meth:`finish`; the bytes and hashes are those of the sequential computation."""
 
     def __init__(self, f):
         self.f = f
         self.pos = 0
         self.sha = hashlib.sha256()
+        self._file_q = None     # one worker: the whole-file hash, in write order
+        self._hash_q = None     # per-array / per-crossbar hashes
+        self._later: list = []  # (setter, future)
+
+    def _start(self) -> None:
+        if self._file_q is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            self._file_q = ThreadPoolExecutor(1, thread_name_prefix="xbc-sha-file")
+            self._hash_q = ThreadPoolExecutor(1, thread_name_prefix="xbc-sha")
 
     def _write(self, data: bytes | memoryview) -> None:
         self.f.write(data)
-        self.sha.update(data)
+        if self._file_q is not None:
+            self._file_q.submit(self.sha.update, data)
+        else:
+            self.sha.update(data)
         self.pos += len(data)
 
     def add(self, arr: np.ndarray, dtype: str) -> dict[str, Any]:
@@ -162,15 +187,61 @@ class _ArrayWriter:
             self._write(b"\0" * pad)
         data = memoryview(a).cast("B") if a.size else b""
         ref = {"offset": self.pos, "length": int(a.nbytes), "dtype": a.dtype.str,
-               "shape": [int(d) for d in a.shape], "sha256": hashlib.sha256(data).hexdigest()}
+               "shape": [int(d) for d in a.shape], "sha256": None}
+        if len(data) >= _HASH_ASYNC:
+            self._start()
+            self._later.append((lambda h, ref=ref: ref.__setitem__("sha256", h), self._hash_q.submit(_sha_hex, data)))
+        else:
+            ref["sha256"] = _sha_hex(data)
         self._write(data)
         return ref
+
+    def views(self, base: dict[str, Any], arr: np.ndarray) -> list[dict[str, Any]]:
+        """References to ``arr[x]`` for every ``x`` inside the stored stacked array ``base``
+        (as :func:`_view_ref`)."""
+        a = _le(arr)
+        X = a.shape[0]
+        if X == 0:
+            return []
+        sub = a[0]
+        n = int(sub.nbytes)
+        shape = [int(d) for d in sub.shape]
+        refs = [{"offset": base["offset"] + x * n, "length": n, "dtype": base["dtype"], "shape": list(shape),
+                 "sha256": None} for x in range(X)]
+        flat = memoryview(a.reshape(X, -1)).cast("B") if a.size else None
+
+        def hashes():
+            if flat is None:
+                return [_sha_hex(b"")] * X
+            return [_sha_hex(flat[x * n:(x + 1) * n]) for x in range(X)]
+
+        def put(hs):
+            for r, h in zip(refs, hs):
+                r["sha256"] = h
+
+        if a.nbytes >= _HASH_ASYNC:
+            self._start()
+            self._later.append((put, self._hash_q.submit(hashes)))
+        else:
+            put(hashes())
+        return refs
 
     def finish(self) -> dict[str, Any]:
         pad = (-self.pos) % ALIGN
         if pad:
             self._write(b"\0" * pad)
+        for put, fut in self._later:
+            put(fut.result())
+        self._later = []
+        self.close()
         return {"length": self.pos, "sha256": self.sha.hexdigest()}
+
+    def close(self) -> None:
+        """Wait for and stop the worker threads (idempotent)."""
+        for q in (self._file_q, self._hash_q):
+            if q is not None:
+                q.shutdown(wait=True)
+        self._file_q = self._hash_q = None
 
 
 def _view_ref(base: dict[str, Any], arr: np.ndarray, index: int) -> dict[str, Any]:
@@ -244,14 +315,56 @@ def _subgraph_inputs(g: onnx.GraphProto, acc: set[str]) -> None:
                     _subgraph_inputs(sg, acc)
 
 
+class _GraphWithout:
+    """``graph`` as :func:`xbc.ir.to_onnx` sees it, without the constants ``drop``."""
+
+    def __init__(self, graph, drop: set[str]):
+        self._graph = graph
+        self.values = {k: v for k, v in graph.values.items() if k not in drop}
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)
+
+
+def _replaced(node, by_name) -> bool:
+    """Whether :func:`build_graph` replaces ``node`` by a CrossbarLayer node."""
+    return node.name in by_name and (node.domain or "") in ("", "ai.onnx")
+
+
+def _layer_only_constants(graph, by_name) -> set[str]:
+    """Constants read only as weight or bias inputs (not input 0) of nodes that
+    :func:`build_graph` replaces, and by nothing else: graph.onnx drops them."""
+    from .ir import implicit_reads  # noqa: PLC0415
+
+    sub = implicit_reads(graph)
+    outs = {id(v) for v in graph.outputs}
+    return {name for name, v in graph.values.items()
+            if v.const is not None and v.uses and name not in sub and id(v) not in outs
+            and all(idx != 0 and _replaced(n, by_name) for n, idx in v.uses)}
+
+
 def build_graph(graph) -> onnx.ModelProto:
     """graph.onnx: the IR exported to ONNX with each crossbar layer node replaced by
     ``xbc.CrossbarLayer(activation) {layer_id, <the node's ONNX attributes>}``; weights and
-    biases used only by crossbar layers are dropped (they live in arrays.bin)."""
-    from .ir import make_onnx_attribute, to_onnx
+    biases used only by crossbar layers are dropped (they live in arrays.bin).
 
-    model = to_onnx(graph)
+    The constants that are dropped are left out of the export in the first place (exporting
+    the weights of a large model costs more than everything else here); if one of them turns
+    out to be needed, the graph is exported again in full (the same result either way)."""
+    from .ir import to_onnx  # noqa: PLC0415
+
     by_name = {n.name: n for n in graph.layers()}
+    drop = _layer_only_constants(graph, by_name)
+    if drop:
+        model, used = _build_graph(to_onnx(_GraphWithout(graph, drop)), by_name)
+        if drop.isdisjoint(used):
+            return model
+    return _build_graph(to_onnx(graph), by_name)[0]
+
+
+def _build_graph(model: onnx.ModelProto, by_name) -> tuple[onnx.ModelProto, set[str]]:
+    from .ir import make_onnx_attribute  # noqa: PLC0415
+
     new_nodes = []
     for p in model.graph.node:
         node = by_name.get(p.name)
@@ -275,7 +388,7 @@ def build_graph(graph) -> onnx.ModelProto:
     opsets[XBC_DOMAIN] = XBC_OPSET
     del model.opset_import[:]
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
-    return model
+    return model, used
 
 
 # ========================================================================================
@@ -337,6 +450,18 @@ def _replicas(graph, layer_id: str, X: int) -> list[dict[str, Any]]:
     return out
 
 
+def _stack_i4(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(parts, axis=-1).astype(np.int32)`` in one pass when the parts have one shape."""
+    parts = [np.asarray(a) for a in parts]
+    if any(a.shape != parts[0].shape for a in parts):
+        return np.stack(parts, axis=-1).astype(np.int32)
+    out = np.empty(parts[0].shape + (len(parts),), np.int32)
+    dt = np.result_type(*parts)
+    for k, a in enumerate(parts):
+        out[..., k] = a if a.dtype == dt else a.astype(dt)
+    return out
+
+
 def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
     L = node.layer
     where = f"layer {L.id} ({node.name!r})"
@@ -381,9 +506,8 @@ def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
     e["col_perm"] = None if L.col_perm is None else aw.add(L.col_perm, "<i4")
     cells = np.asarray(p.cells, np.uint8)
     e["cells"] = aw.add(cells, "|u1")
-    e["row_table"] = aw.add(np.stack([p.row_group, p.row_index], axis=-1).astype(np.int32), "<i4")
-    e["splice"] = aw.add(np.stack([p.col_group, p.col_index, p.col_shift, p.col_sign.astype(np.int32)],
-                                  axis=-1).astype(np.int32), "<i4")
+    e["row_table"] = aw.add(_stack_i4([p.row_group, p.row_index]), "<i4")
+    e["splice"] = aw.add(_stack_i4([p.col_group, p.col_index, p.col_shift, p.col_sign.astype(np.int32)]), "<i4")
     e["col_adc_bits"] = None if p.col_adc_bits is None else aw.add(p.col_adc_bits, "<i4")
     e["col_max_sum"] = None if p.col_max_sum is None else aw.add(p.col_max_sum, "<i8")
     e["adc_bits"] = _adc_summary(None if p.col_adc_bits is None else np.asarray(p.col_adc_bits), p.col_group)
@@ -394,11 +518,15 @@ def _layer_entry(node, aw: _ArrayWriter) -> dict[str, Any]:
             raise BundleError(f"{where}: program.{name} has {arr.size} entries for {X} crossbars")
     rows_used = (p.row_group >= 0).sum(axis=1)
     cols_used = (p.col_group >= 0).sum(axis=1)
-    nnz = np.count_nonzero(cells.reshape(X, -1), axis=1) if X else np.zeros(0, np.int64)
-    e["crossbars"] = [{"index": x, "tile": None if tile is None else int(tile[x]),
-                       "slot": None if slot is None else int(slot[x]),
-                       "rows_used": int(rows_used[x]), "cols_used": int(cols_used[x]),
-                       "programmed_cells": int(nnz[x]), "cells": _view_ref(e["cells"], cells, x)}
+    nnz = list(map(np.count_nonzero, cells))    # per crossbar: faster than one call with axis=1
+    views = aw.views(e["cells"], cells)
+    tile_l = None if tile is None else tile.tolist()
+    slot_l = None if slot is None else slot.tolist()
+    rows_l, cols_l = rows_used.tolist(), cols_used.tolist()
+    e["crossbars"] = [{"index": x, "tile": None if tile_l is None else int(tile_l[x]),
+                       "slot": None if slot_l is None else int(slot_l[x]),
+                       "rows_used": int(rows_l[x]), "cols_used": int(cols_l[x]),
+                       "programmed_cells": int(nnz[x]), "cells": views[x]}
                       for x in range(X)]
     e["replicas"] = _replicas(node.graph, L.id, X)
     return e
@@ -482,7 +610,11 @@ def write_bundle(result, out: str | Path, zip: bool = False) -> Path:  # noqa: A
         model = build_graph(result.graph)
         graph_bytes = model.SerializeToString(deterministic=True)
         with open(tmp / "arrays.bin", "wb") as f:
-            mapping = build_mapping(result, _ArrayWriter(f), graph_bytes)
+            aw = _ArrayWriter(f)
+            try:
+                mapping = build_mapping(result, aw, graph_bytes)
+            finally:
+                aw.close()
         (tmp / "graph.onnx").write_bytes(graph_bytes)
         (tmp / "mapping.json").write_text(dumps(mapping), encoding="ascii")
         if zip:

@@ -45,6 +45,9 @@ columns of the open bin with the most free columns and enough free rows). The fo
 then go through a repair step that tries to empty each bin (least-filled first) by moving its
 pieces into the other bins, first where the item already is (no extra rows), whole or split.
 It stops as soon as a result meets the lower bound.
+The greedy and the repair run in numba kernels (:func:`_heuristic`, compiled on first use and
+cached); :func:`_heuristic_py` is the plain Python reference they follow decision for decision
+(the tests compare both; ``KERNELS = False`` uses the reference).
 
 Exact model (OR-Tools CP-SAT, when the heuristic is above the bound and at most ``exact_limit``
 shareable items remain): bins ``b < B`` with ``B = heuristic - 1``; integer ``x[i,b]`` in
@@ -73,6 +76,8 @@ import numpy as np
 from .layer import n_planes
 
 Placement = list[list[tuple[int, int, int, int, int]]]
+
+KERNELS = True   # numba kernels for the heuristic (False: the plain Python reference)
 
 
 # ----------------------------------------------------------------------------------------
@@ -319,21 +324,29 @@ def _repair(bins: _Bins, items, lb: int, budget: int = 400) -> _Bins:
     return bins
 
 
-def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
-    """Greedy over several orders and both split modes; the four best results are repaired."""
-    a = np.asarray([items[i] for i in idx], dtype=np.int64).reshape(-1, 2)
-    r, c = a[:, 0], a[:, 1]
-    ids = np.asarray(idx)
+def _orders(r: np.ndarray, c: np.ndarray, Rx: int, seed: int) -> list[np.ndarray]:
+    """The greedy's item orders, as positions into ``r`` / ``c``."""
+    n = r.size
     orders = [
-        ids[np.lexsort((-c, -r))],
-        ids[np.lexsort((-r, -c))],
-        ids[np.lexsort((-r, -r * c))],
-        ids[np.lexsort((c, -r))],
+        np.lexsort((-c, -r)),
+        np.lexsort((-r, -c)),
+        np.lexsort((-r, -r * c)),
+        np.lexsort((c, -r)),
     ]
     rng = np.random.default_rng(seed)
-    for _ in range(4 if len(idx) <= 200 else 1 if len(idx) <= 2000 else 0):
-        noise = rng.uniform(0.0, 0.25 * Rx, size=len(idx))
-        orders.append(ids[np.argsort(-(r + noise), kind="stable")])
+    for _ in range(4 if n <= 200 else 1 if n <= 2000 else 0):
+        noise = rng.uniform(0.0, 0.25 * Rx, size=n)
+        orders.append(np.argsort(-(r + noise), kind="stable"))
+    return orders
+
+
+def _heuristic_py(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
+    """Greedy over several orders and both split modes; the four best results are repaired.
+    The reference implementation (plain Python and numpy); :func:`_heuristic` runs the same
+    algorithm in compiled kernels and gives the same bins (the tests compare them)."""
+    a = np.asarray([items[i] for i in idx], dtype=np.int64).reshape(-1, 2)
+    ids = np.asarray(idx)
+    orders = [ids[o] for o in _orders(a[:, 0], a[:, 1], Rx, seed)]
     results: list[_Bins] = []
     for order in orders:
         for split in (False, True):
@@ -350,6 +363,296 @@ def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int) -> _Bins:
         if best.n <= lb:
             break
     return best
+
+
+class _KBins:
+    """A heuristic result of the kernels: ``n`` bins, per bin ``clen`` entries (item position,
+    columns) in insertion order."""
+
+    __slots__ = ("n", "fr", "fc", "clen", "citem", "ccols", "ids")
+
+    def __init__(self, state, ids):
+        self.n, self.fr, self.fc, self.clen, self.citem, self.ccols = state
+        self.n = int(self.n)
+        self.ids = ids
+
+    def state(self):
+        """Copies of the bins' arrays (repair never opens a bin: ``n`` rows are enough)."""
+        n = max(self.n, 1)
+        return (self.fr[:n].copy(), self.fc[:n].copy(), self.clen[:n].copy(), self.citem[:n].copy(),
+                self.ccols[:n].copy())
+
+    @property
+    def content(self) -> list[dict[int, int]]:
+        ids = self.ids.tolist()
+        clen = self.clen[:self.n].tolist()
+        it, co = self.citem[:self.n].tolist(), self.ccols[:self.n].tolist()
+        return [{ids[i]: c for i, c in zip(it[b][:k], co[b][:k])} for b, k in enumerate(clen)]
+
+
+def _heuristic(idx: list[int], items, Rx, Cx, lb: int, seed: int):
+    """:func:`_heuristic_py` in numba kernels (:func:`_k_greedy`, :func:`_k_repair`): the same
+    orders, greedy decisions, repair moves and result. Returns an object with ``n`` and
+    ``content`` (as :class:`_Bins`)."""
+    k = _kernels()
+    a = np.asarray([items[i] for i in idx], dtype=np.int64).reshape(-1, 2)
+    r, c = np.ascontiguousarray(a[:, 0]), np.ascontiguousarray(a[:, 1])
+    ids = np.asarray(idx, dtype=np.int64)
+    cap = max(int((-(-c // Cx)).sum()), 1)
+    K = max(1, min(Rx, Cx, len(idx)))
+    results: list[_KBins] = []
+    for order in _orders(r, c, Rx, seed):
+        order = order.astype(np.int64)
+        for split in (False, True):
+            bins = _KBins(k["greedy"](order, r, c, Rx, Cx, split, cap, K), ids)
+            if bins.n <= lb:
+                return bins
+            results.append(bins)
+    results.sort(key=lambda b: b.n)  # stable: ties keep the deterministic order above
+    best = results[0]
+    for bins in results[:4]:
+        fr, fc, clen, citem, ccols = bins.state()
+        n = k["repair"](bins.n, fr, fc, clen, citem, ccols, r, Rx, Cx, lb, 400)
+        bins = _KBins((n, fr, fc, clen, citem, ccols), ids)
+        if bins.n < best.n:
+            best = bins
+        if best.n <= lb:
+            break
+    return best
+
+
+# numba kernels of the heuristic (compiled, or loaded from numba's cache, on first use by
+# :func:`_kernels`). Bins are arrays: free rows ``fr`` and columns ``fc``, and per bin ``clen``
+# entries ``(citem, ccols)`` in insertion order (the dicts of :class:`_Bins`). An entry holds at
+# least one row and one column, so a bin has at most ``min(Rx, Cx)`` entries.
+
+def _k_put(fr, fc, clen, citem, ccols, b, item, r, n):
+    # _Bins.put; returns True when the item is new in bin b
+    L = clen[b]
+    for j in range(L):
+        if citem[b, j] == item:
+            ccols[b, j] += n
+            fc[b] -= n
+            return False
+    fr[b] -= r
+    citem[b, L] = item
+    ccols[b, L] = n
+    clen[b] = L + 1
+    fc[b] -= n
+    return True
+
+
+def _k_place(nbins, fr, fc, clen, citem, ccols, Rx, Cx, item, r, n, split, exclude, allow_open,
+             own_ptr, own_idx, local, log, nlog):
+    # _Bins.place. The item's bins are own_idx[own_ptr[item]:own_ptr[item + 1]] (its bins before
+    # this call) plus local[:nloc] (bins it entered in this call); puts are logged to log[nlog:]
+    # as (bin, item, columns, new) when log has rows. Returns (ok, nbins, nlog).
+    rem = n
+    nloc = 0
+    while rem > 0:
+        if nbins > 0:
+            # a bin already holding the item (no more rows): the one with the most free columns
+            bo = np.int64(-1)
+            for t in range(own_ptr[item], own_ptr[item + 1]):
+                b = own_idx[t]
+                if b != exclude and fc[b] > 0 and (bo < 0 or fc[b] > fc[bo] or (fc[b] == fc[bo] and b < bo)):
+                    bo = b
+            for t in range(nloc):
+                b = local[t]
+                if b != exclude and fc[b] > 0 and (bo < 0 or fc[b] > fc[bo] or (fc[b] == fc[bo] and b < bo)):
+                    bo = b
+            if bo >= 0:
+                k = min(rem, fc[bo])
+                new = _k_put_nb(fr, fc, clen, citem, ccols, bo, item, r, k)
+                if log.shape[0]:
+                    log[nlog, 0], log[nlog, 1], log[nlog, 2], log[nlog, 3] = bo, item, k, new
+                    nlog += 1
+                rem -= k
+                continue
+            # (no bin of the item is usable here, so the item's bins drop out below by fc or exclude)
+            bw = np.int64(-1)
+            bs = 0.0
+            for b in range(nbins):
+                if b != exclude and fc[b] > 0 and fr[b] >= r and fc[b] >= rem:
+                    s = (fc[b] - rem) / Cx + (fr[b] - r) / Rx
+                    if bw < 0 or s < bs:
+                        bw = b
+                        bs = s
+            if bw >= 0:
+                new = _k_put_nb(fr, fc, clen, citem, ccols, bw, item, r, rem)
+                if new:
+                    local[nloc] = bw
+                    nloc += 1
+                if log.shape[0]:
+                    log[nlog, 0], log[nlog, 1], log[nlog, 2], log[nlog, 3] = bw, item, rem, new
+                    nlog += 1
+                rem = 0
+                continue
+            if split:
+                bp = np.int64(-1)
+                for b in range(nbins):
+                    if b != exclude and fc[b] > 0 and fr[b] >= r and (
+                            bp < 0 or fc[b] > fc[bp] or (fc[b] == fc[bp] and fr[b] < fr[bp])):
+                        bp = b
+                if bp >= 0:
+                    k = fc[bp]
+                    new = _k_put_nb(fr, fc, clen, citem, ccols, bp, item, r, k)
+                    if new:
+                        local[nloc] = bp
+                        nloc += 1
+                    if log.shape[0]:
+                        log[nlog, 0], log[nlog, 1], log[nlog, 2], log[nlog, 3] = bp, item, k, new
+                        nlog += 1
+                    rem -= k
+                    continue
+        if not allow_open:
+            return False, nbins, nlog
+        if rem >= Cx:   # full-width pieces: bins of their own (never usable again: no free columns)
+            q = rem // Cx
+            for b in range(nbins, nbins + q):
+                fr[b] = Rx - r
+                fc[b] = 0
+                clen[b] = 1
+                citem[b, 0] = item
+                ccols[b, 0] = Cx
+            nbins += q
+            rem -= q * Cx
+            continue
+        b = nbins
+        fr[b] = Rx
+        fc[b] = Cx
+        clen[b] = 0
+        nbins += 1
+        _k_put_nb(fr, fc, clen, citem, ccols, b, item, r, rem)
+        local[nloc] = b
+        nloc += 1
+        rem = 0
+    return True, nbins, nlog
+
+
+def _k_greedy(order, R, C, Rx, Cx, split, cap, K):
+    # _greedy on item positions; returns (nbins, fr, fc, clen, citem, ccols)
+    N = R.shape[0]
+    fr = np.zeros(cap, np.int64)
+    fc = np.zeros(cap, np.int64)
+    clen = np.zeros(cap, np.int64)
+    citem = np.empty((cap, K), np.int64)
+    ccols = np.empty((cap, K), np.int64)
+    own_ptr = np.zeros(N + 1, np.int64)
+    own_idx = np.zeros(0, np.int64)
+    local = np.empty(cap, np.int64)
+    log = np.zeros((0, 4), np.int64)
+    # typed (not literal) constants: every call of _k_place has one signature (one compilation)
+    no, yes, minus1, zero = np.bool_(False), np.bool_(True), np.int64(-1), np.int64(0)
+    nbins = np.int64(0)
+    if not split:
+        for i in order:
+            if C[i] >= Cx:
+                q = C[i] // Cx
+                for b in range(nbins, nbins + q):
+                    fr[b] = Rx - R[i]
+                    fc[b] = 0
+                    clen[b] = 1
+                    citem[b, 0] = i
+                    ccols[b, 0] = Cx
+                nbins += q
+        for i in order:
+            if C[i] % Cx:
+                ok, nbins, _ = _k_place_nb(nbins, fr, fc, clen, citem, ccols, Rx, Cx, i, R[i], C[i] % Cx, no,
+                                           minus1, yes, own_ptr, own_idx, local, log, zero)
+    else:
+        for i in order:
+            ok, nbins, _ = _k_place_nb(nbins, fr, fc, clen, citem, ccols, Rx, Cx, i, R[i], C[i], yes,
+                                       minus1, yes, own_ptr, own_idx, local, log, zero)
+    return nbins, fr, fc, clen, citem, ccols
+
+
+def _k_owners(nbins, clen, citem, N, own_ptr, own_idx):
+    # CSR of the bins holding each item (ascending bins)
+    own_ptr[:] = 0
+    for b in range(nbins):
+        for j in range(clen[b]):
+            own_ptr[citem[b, j] + 1] += 1
+    for i in range(N):
+        own_ptr[i + 1] += own_ptr[i]
+    fill = own_ptr[:N].copy()
+    for b in range(nbins):
+        for j in range(clen[b]):
+            i = citem[b, j]
+            own_idx[fill[i]] = b
+            fill[i] += 1
+
+
+def _k_repair(nbins, fr, fc, clen, citem, ccols, R, Rx, Cx, lb, budget):
+    # _repair in place: moves are tried directly on the bins and undone from a log when a bin
+    # cannot be emptied (a trial moves at most Cx columns, one put moves at least one)
+    N = R.shape[0]
+    cap = fr.shape[0]
+    own_ptr = np.zeros(N + 1, np.int64)
+    own_idx = np.zeros(cap * citem.shape[1], np.int64)
+    local = np.empty(cap, np.int64)
+    log = np.zeros((Cx + 1, 4), np.int64)
+    _k_owners_nb(nbins, clen, citem, N, own_ptr, own_idx)
+    no, yes = np.bool_(False), np.bool_(True)
+    improved = True
+    while improved and nbins > lb:
+        improved = False
+        used = Cx - fc[:nbins]
+        for b in np.argsort(used, kind="mergesort"):
+            budget -= 1
+            if budget < 0:
+                return nbins
+            nlog = np.int64(0)
+            ok = True
+            for j in range(clen[b]):
+                ok, nbins, nlog = _k_place_nb(nbins, fr, fc, clen, citem, ccols, Rx, Cx, citem[b, j], R[citem[b, j]],
+                                              ccols[b, j], yes, np.int64(b), no, own_ptr, own_idx, local, log, nlog)
+                if not ok:
+                    break
+            if ok:
+                # remove bin b (later bins move down by one)
+                for x in range(b, nbins - 1):
+                    fr[x] = fr[x + 1]
+                    fc[x] = fc[x + 1]
+                    L = clen[x + 1]
+                    clen[x] = L
+                    for j in range(L):
+                        citem[x, j] = citem[x + 1, j]
+                        ccols[x, j] = ccols[x + 1, j]
+                nbins -= 1
+                _k_owners_nb(nbins, clen, citem, N, own_ptr, own_idx)
+                improved = True
+                break
+            for t in range(nlog - 1, -1, -1):   # undo
+                x, i, k, new = log[t, 0], log[t, 1], log[t, 2], log[t, 3]
+                fc[x] += k
+                if new:
+                    clen[x] -= 1
+                    fr[x] += R[i]
+                else:
+                    for j in range(clen[x]):
+                        if citem[x, j] == i:
+                            ccols[x, j] -= k
+                            break
+    return nbins
+
+
+_k_put_nb = _k_place_nb = _k_owners_nb = None
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """The heuristic's numba kernels ``greedy`` and ``repair``, compiled on first use."""
+    global _k_put_nb, _k_place_nb, _k_owners_nb  # noqa: PLW0603
+    if not _KERNELS:
+        import numba  # noqa: PLC0415
+
+        jit = numba.njit(cache=True, nogil=True)
+        _k_put_nb = jit(_k_put)
+        _k_place_nb = jit(_k_place)
+        _k_owners_nb = jit(_k_owners)
+        _KERNELS.update(greedy=jit(_k_greedy), repair=jit(_k_repair))
+    return _KERNELS
 
 
 # ----------------------------------------------------------------------------------------
@@ -432,7 +735,7 @@ def _solve(items: list[tuple[int, int]], Rx: int, Cx: int, exact_limit: int, tim
     rest_bins: list[dict[int, int]] = []
     if rest:
         lb_rest = lower_bound(arr[rest], Rx, Cx)
-        h = _heuristic(rest, items, Rx, Cx, lb_rest, seed)
+        h = (_heuristic if KERNELS else _heuristic_py)(rest, items, Rx, Cx, lb_rest, seed)
         rest_bins = h.content
         if len(rest_bins) <= lb_rest:
             status = "OPTIMAL"
@@ -472,7 +775,10 @@ def pack(items: Sequence[tuple[int, int]], Rx: int, Cx: int, *, exact_limit: int
     placements: Placement = []
     for i in alone:
         c = items[i][1]
-        placements.extend([(i, 0, 0, a, min(a + Cx, c))] for a in range(0, c, Cx))
+        full = c - c % Cx
+        placements.extend([(i, 0, 0, a, a + Cx)] for a in range(0, full, Cx))
+        if full < c:
+            placements.append([(i, 0, 0, full, c)])
     # other items: each item's pieces take consecutive column ranges in bin order
     nxt = [0] * len(items)
     for d in rest_bins:
