@@ -17,7 +17,7 @@ def main() -> None:
            "`fold-batchnorm,quantize{weight-bits=8},orchestrate-bits{error-budget=0.5},slice-bits,squeeze`;",
            "options are the kebab-case field names, `none` leaves an option to the target.", ""]
     reg = registry()
-    order = ["cleanup", "fold-batchnorm", "quantize", "orchestrate-bits", "reorder", "cim-sparsity",
+    order = ["cleanup", "fold-batchnorm", "quantize", "orchestrate-bits", "reorder", "cim-sparsity", "bias-correct",
              "slice-bits", "squeeze", "adc-size", "place", "estimate"]
     names = [n for n in order if n in reg] + sorted(set(reg) - set(order))
     out.append("| pass | summary |")
