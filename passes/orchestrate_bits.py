@@ -83,7 +83,14 @@ digit-array formulation, which stays as the general path and is tested against t
     segments can represent): the tables have dense neighbour arrays indexed by ``ceil(x)``, so
     an entry costs a few gathers instead of a binary search, and entries are processed in
     cache-sized blocks. The pre-reorder row order is chosen on bit masks made from the values.
-    Synthetic ResNet-50 (25.5 M weights): about 16 s instead of 87 s of CPU for this pass.
+    These numpy paths are the reference; by default numba kernels
+    (:mod:`xbc.passes._orchestrate_kernels`, imported on first use, compiled once and cached)
+    do the same work in single passes: step 1 with the unit layouts for ``cell_bits = 1``, the
+    candidates' costs and moves, the greedy rounds' bookkeeping, the matrix outputs (in the
+    numpy path's memory layouts) and the error-power terms, the large ones split over threads
+    into disjoint parts. They give the same digits, values and statistics bit for bit (each cost
+    adds its entries in the same order; tests/test_orchestrate.py compares them).
+    Synthetic ResNet-50 (25.5 M weights): about 5 s instead of 18 s for this pass (2 cores).
 
 ``quant.w_int`` is updated to the new values (``quant.w_int_initial`` keeps quantize's).
 Weights that a previous lossy pass zeroed (``w_int == 0 != w_int_initial``, e.g. cim-sparsity)
@@ -96,6 +103,7 @@ weight SQNR before and after, and the error increase.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar, Literal
@@ -243,6 +251,17 @@ def recoded_support_masks(w: np.ndarray, cell_bits: int, planes: int, signed: bo
     if cell_bits != 1:
         return support_mask(recode(w, cell_bits, planes, signed))
     w = np.asarray(w)
+    if _Clearer.KERNELS and planes <= 30 and w.dtype.kind in "iu" and w.ndim == 3:
+        out = np.empty(w.shape, _mask_dtype(2 * planes))
+        ok = _kernels()
+        nt, TB = ok.column_tiles(w)
+        part = np.zeros(nt, np.int64)
+        ok.run_tasks(ok.support_masks, nt, w, planes, signed, out, TB, part, work=w.size)
+        allbits = int(np.bitwise_or.reduce(part)) if nt else 0
+        if allbits >> planes:
+            raise ValueError(f"values need more than {planes} signed binary digits" if signed else
+                             f"weights need more than {planes} planes of {cell_bits} bits")
+        return out
     if signed:
         pm, nm = naf_masks(w, planes)
     else:
@@ -387,6 +406,20 @@ def _digits_from_units(Du: np.ndarray, perm: np.ndarray, R: int) -> np.ndarray:
     return Dp[:, np.arange(G)[:, None], inv]
 
 
+def _matrix_outputs(G: int, nb: int, R: int, C: int, S: int, P: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty digits ``[P, G, R, C]`` int8 and values ``[G, R, C]`` int64 in the memory layouts that
+    :func:`_digits_from_units` and :func:`_from_units` give: when the unit layout's merge of row
+    blocks and rows is a view (one block, or ``S = 1``) the results follow its strides (digits
+    ordered ``[G, R, C, P]`` in memory, values ``[G, C, R]`` unless ``S = 1``), else digits
+    ``[G, R, P, C]`` and values in C order. The same layout keeps later float sums over the
+    values (the error powers) adding in the same order, bit for bit."""
+    view = nb == 1 or S == 1
+    D = (np.empty((G, R, C, P), np.int8).transpose(3, 0, 1, 2) if view else
+         np.empty((G, R, P, C), np.int8).transpose(2, 0, 1, 3))
+    Vn = np.empty((G, C, R), np.int64).transpose(0, 2, 1) if nb == 1 and S > 1 else np.empty((G, R, C), np.int64)
+    return D, Vn
+
+
 def segment_counts(Du: np.ndarray) -> np.ndarray:
     """Digits in unit layout ``[G, nb, C, S, P]`` -> non-zero counts ``[G, nb, C, P, 2]``
     (sign 0: positive digits, 1: negative digits)."""
@@ -405,8 +438,72 @@ def count_nonempty_segments(digits: np.ndarray, S: int, perm: np.ndarray | None 
 # the greedy segment clearing
 # ========================================================================================
 
+@lru_cache(maxsize=4096)
+def _clear_table(cell_bits: int, P: int, qmax: int, ekey: int, dense: bool) -> tuple:
+    """:meth:`_Clearer._table` of one key, shared by the layers (read-only arrays)."""
+    k = ekey >> 5
+    vals, digs, cnt = limited_table(cell_bits, int(k >> (2 * P)), int(k & ((1 << (2 * P)) - 1)), int(ekey & 31))
+    if not dense:
+        tb = (vals.astype(np.float64), cnt, digs, None, None, None, None, None, len(vals))
+    else:
+        VB = (1 << cell_bits) ** P
+        lt = np.searchsorted(vals, np.arange(-VB, VB + 2, dtype=np.int64), side="left")
+        n = len(vals)
+        vpad = np.concatenate([[-np.inf], vals.astype(np.float64), [np.inf]])
+        cpad = np.concatenate([[0], cnt, [0]])
+        left, right = vpad[lt].copy(), vpad[lt + 1].copy()
+        left[left < -qmax] = -np.inf
+        right[right > qmax] = np.inf
+        tb = (vals.astype(np.float64), cnt, digs, lt, left, right, cpad[lt], cpad[lt + 1], n)
+    for a in tb:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return tb
+
+
+def _kernels():
+    """The numba kernels (:mod:`xbc.passes._orchestrate_kernels`), imported when first used."""
+    from . import _orchestrate_kernels  # noqa: PLC0415
+    return _orchestrate_kernels
+
+
+def _clear_costs(ok, args: tuple) -> np.ndarray:
+    """The costs of the candidates of ``args`` (:meth:`_Clearer._kernel_args_units`), split over threads."""
+    K = len(args[7])
+    cost = np.empty(K)
+    ok.run_tasks(ok.clear_costs, K, *args, cost, work=64 * K)
+    return cost
+
+
+_KERNEL_TABLES: dict = {}
+_MASK_SCRATCH: dict = {}    # zeroed scratch per mask width for batch_ranks_masks
+_KERNEL_LOCK = threading.Lock()
+
+
+def _kernel_table_store(cell_bits: int, P: int, qmax: int, n_new: int) -> dict:
+    """The kernels' table store of ``(cell_bits, P, qmax)`` (see :meth:`_Clearer._kernel_tables`):
+    per table the neighbours ``lr [.., W, 2]`` (left, right), ``tie [.., W]`` (the right one has
+    fewer digits), ``lt [.., W]`` (``W = 2 B**P + 2`` columns) and its digit rows from
+    ``digs[first[id]]``, grown by doubling; started afresh before it would exceed 4096 tables."""
+    key = (cell_bits, P, qmax)
+    kt = _KERNEL_TABLES.get(key)
+    if kt is None or kt["n"] + n_new > 4096:
+        W = 2 * (1 << cell_bits) ** P + 2
+        kt = _KERNEL_TABLES[key] = {"ids": {}, "n": 0, "rows": 0, "lr": np.empty((16, W, 2)),
+                                    "tie": np.empty((16, W), bool), "lt": np.empty((16, W), np.int64),
+                                    "first": np.empty(16, np.int64), "digs": np.empty((256, P), np.int8)}
+    return kt
+
+
 class _Clearer:
-    """State of one layer during segment clearing (unit layout, see :func:`_units_layout`)."""
+    """State of one layer during segment clearing (unit layout, see :func:`_units_layout`).
+
+    With ``compensate=all`` and dense tables the costs and moves come from the numba kernels of
+    :mod:`xbc.passes._orchestrate_kernels` (:attr:`KERNELS`); the numpy code
+    (:meth:`_cost_all_planes`, :meth:`evaluate`) is the reference they are tested against and
+    gives the same numbers."""
+
+    KERNELS = True   # numba kernels where they apply (False: the numpy reference everywhere)
 
     BATCH = 4096  # candidates evaluated at once (bounds the temporary memory)
 
@@ -426,6 +523,8 @@ class _Clearer:
         self.VB = self.B ** self.P            # |every table value| < VB
         self._tables: dict = {}
         self._wt = None
+        self._tiny_u = None
+        self._orig = None
 
     def _table(self, ekey: int):
         """Table of one key (``(p << 2P | mask) << 5 | limit``, see :meth:`evaluate`) with its
@@ -437,21 +536,7 @@ class _Clearer:
         counts."""
         tb = self._tables.get(ekey)
         if tb is None:
-            P = self.P
-            k = ekey >> 5
-            vals, digs, cnt = limited_table(self.cb, int(k >> (2 * P)), int(k & ((1 << (2 * P)) - 1)), int(ekey & 31))
-            if self.VB > self.DENSE_MAX:
-                tb = (vals.astype(np.float64), cnt, digs, None, None, None, None, None, len(vals))
-                self._tables[ekey] = tb
-                return tb
-            lt = np.searchsorted(vals, np.arange(-self.VB, self.VB + 2, dtype=np.int64), side="left")
-            n = len(vals)
-            vpad = np.concatenate([[-np.inf], vals.astype(np.float64), [np.inf]])
-            cpad = np.concatenate([[0], cnt, [0]])
-            left, right = vpad[lt].copy(), vpad[lt + 1].copy()
-            left[left < -self.qmax] = -np.inf
-            right[right > self.qmax] = np.inf
-            tb = (vals.astype(np.float64), cnt, digs, lt, left, right, cpad[lt], cpad[lt + 1], n)
+            tb = _clear_table(self.cb, self.P, self.qmax, ekey, self.VB <= self.DENSE_MAX)
             self._tables[ekey] = tb
         return tb
 
@@ -596,6 +681,118 @@ class _Clearer:
         newv = np.where(feasible, nv, self.Vu.reshape(-1)[rows]).astype(np.int64)
         return cost, ek, ei, newd, newv
 
+    def _kernels_apply(self) -> bool:
+        """Whether the numba kernels compute this layer's costs and moves."""
+        return self.KERNELS and self.all_planes and self.VB <= self.DENSE_MAX
+
+    def _kernel_tables(self, keys: np.ndarray) -> tuple:
+        """Ids of the (dense) tables of ``keys`` in the kernels' store, which is shared by the
+        layers of one ``(cell_bits, P, qmax)`` (:func:`_kernel_table_store`; under
+        ``_KERNEL_LOCK``), and the store."""
+        kt = _kernel_table_store(self.cb, self.P, self.qmax, len(keys))
+        ids = kt["ids"]
+        out = np.empty(len(keys), np.int64)
+        for j, key in enumerate(keys.tolist()):
+            i = ids.get(key)
+            if i is None:
+                tb = self._table(key)
+                i = ids[key] = kt["n"]
+                if i == len(kt["first"]):
+                    for name in ("lr", "tie", "lt", "first"):
+                        kt[name] = np.concatenate([kt[name], np.empty_like(kt[name])])
+                n, o = tb[8], kt["rows"]
+                while o + n > len(kt["digs"]):
+                    kt["digs"] = np.concatenate([kt["digs"], np.empty_like(kt["digs"])])
+                kt["lr"][i, :, 0] = tb[4]
+                kt["lr"][i, :, 1] = tb[5]
+                kt["tie"][i] = tb[7] < tb[6]
+                kt["lt"][i] = tb[3]
+                kt["first"][i] = o
+                kt["digs"][o:o + n] = 0
+                kt["digs"][o:o + n, :tb[2].shape[1]] = tb[2]
+                kt["rows"] += n
+                kt["n"] += 1
+            out[j] = i
+        return out, kt
+
+    def _kernel_args(self, g, b, c, p, s, N, batch: int) -> tuple:
+        """The arguments the kernels share: arrays in flat unit layout, per candidate its unit, table
+        id and the rank of its key in its batch of ``batch`` candidates (as the numpy code numbers
+        the tables of one call)."""
+        G, nb, C, S, P = self.Du.shape
+        return self._kernel_args_units((g.astype(np.int64) * nb + b) * C + c, p, s, N, batch)
+
+    def _kernel_args_units(self, unit, p, s, N, batch: int) -> tuple:
+        """:meth:`_kernel_args` with the candidates' flat units ``(g * nb + b) * C + c``."""
+        ok = _kernels()
+        G, nb, C, S, P = self.Du.shape
+        U = G * nb * C
+        if not (self.Du.flags.c_contiguous and self.Vu.flags.c_contiguous):
+            self.Du, self.Vu = np.ascontiguousarray(self.Du), np.ascontiguousarray(self.Vu)
+        Du3 = self.Du.reshape(U, S, P)
+        p64, s64 = p.astype(np.int64), s.astype(np.int64)
+        if N is None:
+            Nu = np.empty((len(unit), P, 2), np.int32)
+            ok.unit_counts(Du3, unit, Nu)
+            nidx = np.arange(len(unit), dtype=np.int64)
+        else:
+            Nu = np.ascontiguousarray(N).reshape(U, P, 2)
+            nidx = unit
+        limit = 31 if self.max_digits is None else self.max_digits
+        kc, present = ok.candidate_keys(Nu, nidx, p64, s64, self.all_planes, self.signed, limit)
+        with _KERNEL_LOCK:    # the shared scratch and table store (compilations in several threads)
+            if self.all_planes and 2 * P <= 24:    # keys differ only in the mask: dense ranks and ids
+                mark = _MASK_SCRATCH.get(2 * P)
+                if mark is None:
+                    mark = _MASK_SCRATCH[2 * P] = np.zeros(1 << (2 * P), np.int64)
+                invc, mk, masks = ok.batch_ranks_masks(kc, present, max(int(batch), 1), 2 * P, mark)
+                ids, kt = self._kernel_tables((((np.int64(P) << (2 * P)) + masks) << 5) | limit)
+                lut = np.zeros(int(masks[-1]) + 1 if len(masks) else 1, np.int64)
+                lut[masks] = ids
+                tid = np.where(present, lut[np.minimum(mk, len(lut) - 1)], 0)
+            else:
+                invc = ok.batch_ranks(kc, present, max(int(batch), 1))
+                uk, inv = np.unique(kc[present], return_inverse=True)
+                tid = np.zeros(len(unit), np.int64)
+                ids, kt = self._kernel_tables(uk)
+                tid[present] = ids[inv]
+            n, rows = kt["n"], kt["rows"]
+            tabs = (kt["lr"][:n], kt["tie"][:n], kt["lt"][:n], kt["first"][:n], kt["digs"][:rows])
+        if self._tiny_u is None:
+            self._tiny_u = ok.tiny_units(np.ascontiguousarray(self.Tu, dtype=np.float64).reshape(U, S), self.qmax)
+        SPAN = float(4 * self.B ** P + 4 * self.qmax + 8)
+        return ok, tabs, (Du3, np.ascontiguousarray(self.Tu, dtype=np.float64).reshape(-1), self.Vu.reshape(-1),
+                          np.ascontiguousarray(self.s2flat, dtype=np.float64), C, nb * C, self._tiny_u,
+                          unit, p64, s64, tid, invc, SPAN, self.qmax, self.VB, tabs[0], tabs[1])
+
+    def _kernel_costs(self, g, b, c, p, s, N, batch: int) -> np.ndarray:
+        """:meth:`evaluate`'s costs (``cost_only``) by the kernel, the tables numbered per ``batch``."""
+        if len(g) == 0:
+            return np.empty(0)
+        ok, _, args = self._kernel_args(g, b, c, p, s, N, batch)
+        return _clear_costs(ok, args)
+
+    def _kernel_apply(self, g, b, c, p, s, N) -> np.ndarray:
+        """:meth:`apply` by the kernel (one batch)."""
+        if len(g) == 0:
+            return np.empty(0)
+        ok, tabs, args = self._kernel_args(g, b, c, p, s, N, len(g))
+        if self._orig is None:      # the values before their first change (see changed_values)
+            dt = np.dtype(np.int16 if self.VB < (1 << 15) - 1 else np.int64)   # |values| < VB
+            self._orig = np.full(self.Vu.size, np.iinfo(dt).min, dt)
+        unit = args[7]
+        distinct = len(unit) < 2 or len(np.unique(unit)) == len(unit)
+        return ok.clear_apply(*args, *tabs[2:], self._orig, distinct)
+
+    def changed_values(self) -> int | None:
+        """How many values differ from their initial ones, if every move was made by the kernel
+        (else None)."""
+        if not self._kernels_apply():
+            return None
+        if self._orig is None:
+            return 0
+        return int(_kernels().count_changed(self.Vu.reshape(-1), self._orig))
+
     def evaluate(self, g, b, c, p, s, N=None, cost_only=False):
         """Cost of clearing each candidate segment, plus the per-entry result of the move.
 
@@ -611,7 +808,9 @@ class _Clearer:
         """
         dense = self.VB <= self.DENSE_MAX
         if cost_only and self.all_planes and dense:
-            return self._cost_all_planes(g, b, c, p, s, N), None, None, None, None
+            cost = self._kernel_costs(g, b, c, p, s, N, len(g)) if self._kernels_apply() else \
+                self._cost_all_planes(g, b, c, p, s, N)
+            return cost, None, None, None, None
         K = len(g)
         P, B = self.P, self.B
         G, nb, C, S, _ = self.Du.shape
@@ -684,6 +883,9 @@ class _Clearer:
         return cost, ek, ei, newd, newv
 
     def apply(self, g, b, c, p, s, N=None):
+        """Make the moves of the candidates (one per unit); returns their costs."""
+        if self._kernels_apply():
+            return self._kernel_apply(g, b, c, p, s, N)
         if self.all_planes and self.VB <= self.DENSE_MAX:
             cost, ek, ei, newd, newv = self._cost_all_planes(g, b, c, p, s, N, entries=True)
         else:
@@ -705,36 +907,56 @@ class _Clearer:
         tau = 0.0
         moves = rounds = 0
         tiny = 1e-12 * max(allowed_total, 1e-300)
+        kern = self._kernels_apply() and N.flags.c_contiguous
+        if kern:   # the round's bookkeeping by kernels on [units, 2P] views (the same decisions)
+            ok = _kernels()
+            N2, blocked2, cost2 = N.reshape(-1, 2 * P), blocked.reshape(-1, 2 * P), cost.reshape(-1, 2 * P)
+            dirty1 = dirty.reshape(-1)
         while rounds < max_rounds:
-            cand = (N > 0) & (N <= max_seg) & ~blocked
-            todo = cand & dirty[..., None, None]
-            gi, bi, ci, pi, si = np.nonzero(todo)
-            for a in range(0, len(gi), self.BATCH):
-                sl = slice(a, a + self.BATCH)
-                cst = self.evaluate(gi[sl], bi[sl], ci[sl], pi[sl], si[sl], N, cost_only=True)[0]
-                cost[gi[sl], bi[sl], ci[sl], pi[sl], si[sl]] = cst
-            dirty[:] = False
-            remaining = allowed_total - E_cur
-            cand_cost = np.where(cand, cost, np.nan)
-            too_much = cand & ~(cand_cost <= max(remaining, 0.0) + tiny)
-            blocked |= too_much
-            cand &= ~too_much
-            if not cand.any():
-                break
-            # best candidate per unit
-            flat = np.where(cand, cost, np.inf).reshape(G, nb, C, 2 * P)
-            best = flat.argmin(axis=-1)
-            bcost = np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
-            ug, ub, uc = np.nonzero(np.isfinite(bcost))
-            if len(ug) == 0:
-                break
-            uc_cost = bcost[ug, ub, uc]
+            if kern:
+                todo = ok.round_todo(N2, blocked2, dirty1, max_seg)
+                u, j = np.divmod(todo, 2 * P)
+                if len(todo):   # one call, the tables numbered per BATCH as below
+                    ok_args = self._kernel_args_units(u, j >> 1, j & 1, N, self.BATCH)
+                    cost2.reshape(-1)[todo] = _clear_costs(ok, ok_args[2])
+                dirty[:] = False
+                remaining = allowed_total - E_cur
+                anyc, uu, jj, uc_cost = ok.round_best(N2, blocked2, cost2, max_seg, max(remaining, 0.0) + tiny)
+                if not anyc or len(uu) == 0:
+                    break
+                ug, rest = np.divmod(uu, nb * C)
+                ub, uc = np.divmod(rest, C)
+            else:
+                cand = (N > 0) & (N <= max_seg) & ~blocked
+                todo = cand & dirty[..., None, None]
+                gi, bi, ci, pi, si = np.nonzero(todo)
+                for a in range(0, len(gi), self.BATCH):
+                    sl = slice(a, a + self.BATCH)
+                    cst = self.evaluate(gi[sl], bi[sl], ci[sl], pi[sl], si[sl], N, cost_only=True)[0]
+                    cost[gi[sl], bi[sl], ci[sl], pi[sl], si[sl]] = cst
+                dirty[:] = False
+                remaining = allowed_total - E_cur
+                cand_cost = np.where(cand, cost, np.nan)
+                too_much = cand & ~(cand_cost <= max(remaining, 0.0) + tiny)
+                blocked |= too_much
+                cand &= ~too_much
+                if not cand.any():
+                    break
+                # best candidate per unit
+                flat = np.where(cand, cost, np.inf).reshape(G, nb, C, 2 * P)
+                best = flat.argmin(axis=-1)
+                bcost = np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
+                ug, ub, uc = np.nonzero(np.isfinite(bcost))
+                if len(ug) == 0:
+                    break
+                uc_cost = bcost[ug, ub, uc]
+                jj = best[ug, ub, uc]
             elig = uc_cost <= tau + tiny
             if not elig.any():
                 tau = max(2.0 * tau, 2.0 * float(uc_cost.min()))
                 continue
             ug, ub, uc, uc_cost = ug[elig], ub[elig], uc[elig], uc_cost[elig]
-            up, us = np.divmod(best[ug, ub, uc], 2)
+            up, us = np.divmod(jj[elig], 2)
             order = np.lexsort((ub, ug, uc, uc_cost))
             cum = np.cumsum(np.maximum(uc_cost[order], 0.0))
             take = order[cum <= max(remaining, 0.0) + tiny]
@@ -747,8 +969,12 @@ class _Clearer:
             moves += len(take)
             rounds += 1
             # refresh the changed units
-            Dk = Du[ug, ub, uc]
-            N[ug, ub, uc] = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)
+            if kern:
+                ok.set_unit_counts(self.Du.reshape(-1, S, P), (ug.astype(np.int64) * nb + ub) * C + uc,
+                                N.reshape(-1, P, 2))
+            else:
+                Dk = self.Du[ug, ub, uc]
+                N[ug, ub, uc] = np.stack([(Dk > 0).sum(axis=1), (Dk < 0).sum(axis=1)], axis=-1)
             cost[ug, ub, uc] = np.nan
             blocked[ug, ub, uc] = False
             dirty[ug, ub, uc] = True
@@ -908,6 +1134,30 @@ def _recode_units_general(V, perm, S, cell_bits, P, n_planes_sm, signed, twos_co
     return Du
 
 
+def _fused_unit_forms(V, T, perm, S, P, signed, twos_complement, max_digits, forms):
+    """:func:`xbc.passes._orchestrate_kernels.unit_forms` (step 1 for ``cell_bits = 1`` and the
+    unit layouts of ``V`` and ``T`` in one pass): (Vu, Tu, Du, N, units per form, stats); Du and N
+    are None unless ``forms``."""
+    G, R, C = V.shape
+    nb = -(-R // S)
+    Vu = np.empty((G, nb, C, S), np.int64)
+    Tu = np.empty((G, nb, C, S), np.float64)
+    Du = np.empty((G, nb, C, S, P), np.int8) if forms else np.empty((0, 1, 1, 1, P), np.int8)
+    N = np.zeros((G, nb, C, P, 2), np.int32) if forms else np.zeros((0, 1, 1, P, 2), np.int32)
+    packed = forms and P == 8 and S <= 255        # a weight's 8 digits as one word
+    Dw = Du.view(np.uint64).reshape(G, nb, C, S) if packed else np.empty((0, 1, 1, 1), np.uint64)
+    choice = np.zeros((G, nb, C) if forms else (0, 1, 1), np.int8)
+    ok = _kernels()
+    nt = ok.unit_tasks(V, nb)
+    part = np.zeros((nt, 3), np.int64)
+    ok.run_tasks(ok.unit_forms, nt, V, T, perm, S, P, signed, twos_complement,
+                 -1 if max_digits is None else int(max_digits), Vu, Tu, Du[:0] if packed else Du, Dw, N,
+                 choice, part, work=V.size)
+    st = (int(part[:, 0].sum()), int(part[:, 1].sum()), int(part[:, 2].max(initial=0)))
+    chosen = np.bincount(choice.reshape(-1), minlength=4)[:4 if twos_complement else 2]
+    return Vu, Tu, (Du if forms else None), (N if forms else None), chosen, st
+
+
 def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: np.ndarray, *,
                        cell_bits: int, planes: int, signed: bool, qmax: int, segment_rows: int,
                        perm: np.ndarray | None, max_digits: int | None, budget: float,
@@ -924,7 +1174,7 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     S = segment_rows
     P = planes
     perm = np.tile(np.arange(R, dtype=np.int64), (G, 1)) if perm is None else np.asarray(perm, np.int64)
-    V = np.asarray(V, np.int64).copy()
+    V = np.asarray(V)                 # read only
     s2 = (np.asarray(scale, np.float64) ** 2).reshape(G, 1, C)
     info: dict = {}
     n_w = V.size
@@ -932,8 +1182,19 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     # baseline: sign-magnitude as slice-bits cuts it without this pass
     P_sm = n_planes_sm = n_planes(int(math.log2(qmax + 1)) + 1, cell_bits, "split", signed_digit=False)
     binary = cell_bits == 1 and P <= 64
-    Vu = sm = None
-    if binary:   # bit masks: popcounts of |v| and of the per-unit OR of the sign-split magnitudes
+    fused = binary and P <= 30 and _Clearer.KERNELS and V.dtype.kind in "iu"   # step 1 and layouts: kernels
+    if not fused and V.dtype != np.int64:
+        V = V.astype(np.int64)
+    Vu = sm = Tu = None
+    if fused:
+        T64 = np.asarray(T, dtype=np.float64)
+        Vu, Tu, Du, N0, chosen, st = _fused_unit_forms(V, T64, perm, S, P, signed, twos_complement, None,
+                                                       max_digits is None)
+        if st[2] >> n_planes_sm:
+            raise ValueError(f"weights need more than {n_planes_sm} planes of {cell_bits} bits")
+        info["digits_per_weight_binary"] = float(st[0]) / max(n_w, 1)
+        info["nonempty_segments_sign_magnitude"] = int(st[1])
+    elif binary:   # bit masks: popcounts of |v| and of the per-unit OR of the sign-split magnitudes
         Vu = _units_layout(V, perm, S)
         Vb = Vu.astype(np.int32) if P <= 29 else Vu       # |v| < 2**P
         mag = np.abs(Vb)
@@ -955,13 +1216,22 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     if max_digits is not None:
         Vk = closest_with_max_digits(T, max_digits, qmax, cell_bits, P, signed)
         V = np.where(frozen, 0, Vk)
-        if binary:
+        if fused:
+            Vu, Tu, Du, N0, chosen, st = _fused_unit_forms(V, T64, perm, S, P, signed, twos_complement, max_digits,
+                                                           True)
+            if st[2] >> n_planes_sm:
+                raise ValueError(f"weights need more than {n_planes_sm} planes of {cell_bits} bits")
+        elif binary:
             Vu = _units_layout(V, perm, S)
             Vb = Vu.astype(np.int32) if P <= 29 else Vu
             sm = None
 
     # step 1: recoding; per unit the form with the fewest non-empty segments
-    if binary:
+    if fused:          # done above
+        if signed:
+            names = ("signed_digit", "sign_magnitude", "twos_complement", "twos_complement_mirrored")
+            info["unit_forms"] = {n: int(k) for n, k in zip(names, chosen.tolist())}
+    elif binary:
         Du, N0 = _binary_unit_forms(Vb, P, n_planes_sm, signed, twos_complement, max_digits, info, sm=sm)
         del Vb, sm
     else:
@@ -975,19 +1245,39 @@ def orchestrate_matrix(V: np.ndarray, T: np.ndarray, scale: np.ndarray, frozen: 
     # step 3: clearing
     if Vu is None:
         Vu = _units_layout(V, perm, S)
-    Tu = _units_layout(np.asarray(T, np.float64), perm, S)
-    E_cur = layer_error_power(T, V, scale)
+    if Tu is None:
+        Tu = _units_layout(np.asarray(T, np.float64), perm, S)
+    # (V in C order when max-digits did not replace it: the float sum adds in that order)
+    E_cur = layer_error_power(T, V, scale) if max_digits is not None else _error_power_c_order(T, V, scale)
     allowed = (1.0 + budget) * E_q
     cl = _Clearer(Du, Vu, Tu, s2.reshape(G, 1, C, 1), cell_bits, qmax, max_digits, signed,
                   compensate == "all")
+    # the initial values, unless the kernels' moves keep track of the changes themselves
+    Vu0 = Vu.copy() if _Clearer.KERNELS and not cl._kernels_apply() else Vu[:0]
     E_fin, moves, rounds = cl.run(allowed, E_cur, max_segment_digits, max_rounds, N=N0)
-    D = _digits_from_units(cl.Du, perm, R)
-    Vn = _from_units(cl.Vu, perm, R)
+    if _Clearer.KERNELS:
+        D, Vn = _matrix_outputs(G, -(-R // S), R, C, S, P)
+        ok = _kernels()
+        nbS = -(-R // S)
+        part = np.zeros((G * nbS, 2), np.int64)
+        # row blocks on several threads only when they write disjoint rows (perm permutes each group)
+        is_perm = bool(np.all(np.sort(perm, axis=1) == np.arange(R)))
+        ok.run_tasks(ok.from_units, G * nbS, np.ascontiguousarray(cl.Du), np.ascontiguousarray(cl.Vu), perm,
+                     np.ascontiguousarray(Vu0), cell_bits, D, Vn, part, work=V.size if is_perm else 0)
+        changed, bad = int(part[:, 0].sum()), int(part[:, 1].sum())
+        if len(Vu0) == 0:
+            changed = cl.changed_values()
+        if bad:   # internal invariant (OrchestrateBits.run checks it with digits_value on the numpy path)
+            raise VerifyError(f"orchestrate-bits produced digits that do not add up ({bad} weights)")
+    else:
+        D = _digits_from_units(cl.Du, perm, R)
+        Vn = _from_units(cl.Vu, perm, R)
+        changed = np.count_nonzero(Vn != V)
     info["moves"] = int(moves)
     info["rounds"] = int(rounds)
     info["digits_per_weight_final"] = float(cl.N.sum(dtype=np.int64)) / max(n_w, 1)
     info["nonempty_segments_final"] = int(np.count_nonzero(cl.N))
-    info["changed_weights"] = int(np.count_nonzero(Vn != V))
+    info["changed_weights"] = int(changed)
     return D, Vn, info
 
 
@@ -1013,6 +1303,24 @@ def layer_error_power(T: np.ndarray, V: np.ndarray, s: np.ndarray) -> float:
     d = np.subtract(T, V, dtype=np.float64)       # in place: s^2 * (T - V)^2, the same numbers
     d *= d
     d *= (np.asarray(s, np.float64) ** 2).reshape(G, 1, C)
+    return float(np.sum(d))
+
+
+def _error_power_c_order(T: np.ndarray, V: np.ndarray, s: np.ndarray) -> float:
+    """``layer_error_power(T, np.ascontiguousarray(V, np.int64), s)`` without the copy: with one C
+    ordered operand numpy computes the differences into a C ordered array, so this sums the same
+    numbers in the same order (tests/test_orchestrate.py checks it for every memory layout)."""
+    G, R, C = T.shape
+    d = np.empty(T.shape, np.float64)
+    s2 = (np.asarray(s, np.float64) ** 2).reshape(G, C)
+    if _Clearer.KERNELS and T.dtype == np.float64 and V.dtype.kind in "iu":   # the same terms, one pass
+        ok = _kernels()
+        nt, TB = ok.column_tiles(T)
+        ok.run_tasks(ok.error_terms, nt, T, V, s2, d, TB, work=T.size)
+    else:
+        np.subtract(T, V, out=d, dtype=np.float64)
+        d *= d
+        d *= s2.reshape(G, 1, C)
     return float(np.sum(d))
 
 
@@ -1065,11 +1373,15 @@ class OrchestrateBits(Pass):
             P = n_planes(wb, cb, "split", signed_digit=True)
             qmax = qmath.qmax_weight(wb)
             T, s = layer_targets(node)
-            V = to_matrix(L.kind, np.asarray(q.w_int, np.int64), L.groups, node.attrs)
-            V0 = to_matrix(L.kind, np.asarray(q.w_int_initial if q.w_int_initial is not None else q.w_int,
-                                              np.int64), L.groups, node.attrs)
-            frozen = (V == 0) & (V0 != 0)
-            E_q = layer_error_power(T, V0, s)
+            # (integer views: every use converts them exactly, the error powers to float64)
+            V = to_matrix(L.kind, np.asarray(q.w_int), L.groups, node.attrs)
+            if q.w_int_initial is None:       # V0 would be made exactly as V
+                V0 = V
+                frozen = np.zeros(V.shape, bool)
+            else:
+                V0 = to_matrix(L.kind, np.asarray(q.w_int_initial), L.groups, node.attrs)
+                frozen = (V == 0) & (V0 != 0)
+            E_q = E_q0 = layer_error_power(T, V0, s)
             if E_q <= 0.0 or q.prequantized:  # float weights say nothing beyond the integers
                 E_q = float(np.sum((s ** 2)[:, None, :] * np.ones_like(T)) / 12.0)
             perm = L.row_perm
@@ -1083,14 +1395,14 @@ class OrchestrateBits(Pass):
                                              budget=self.error_budget, E_q=E_q, max_segment_digits=max_seg,
                                              max_rounds=self.max_rounds, compensate=self.compensate,
                                              twos_complement=self.twos_complement)
-            if not np.array_equal(digits_value(D, cb), Vn):  # internal invariant, cheap to check
+            if not _Clearer.KERNELS and not np.array_equal(digits_value(D, cb), Vn):  # internal invariant
+                # (the kernel path checks it while it writes D, see orchestrate_matrix)
                 raise VerifyError(f"layer {L.id}: orchestrate-bits produced digits that do not add up")
-            E_fin = layer_error_power(T, Vn, s)
+            # (C ordered values: the C ordered terms that numpy would sum, in one pass)
+            E_fin = _error_power_c_order(T, Vn, s) if Vn.flags.c_contiguous else layer_error_power(T, Vn, s)
             sig = float(np.sum((s ** 2)[:, None, :] * T ** 2))
             W_int = from_matrix(L.kind, Vn.astype(np.int32), tuple(q.w_int.shape), L.groups, node.attrs)
-            if not np.array_equal(W_int, q.w_int):
-                changed = True
-            q.w_int = np.ascontiguousarray(W_int, dtype=np.int32)
+            q.w_int = np.ascontiguousarray(W_int, dtype=np.int32)      # (the pass reports a change anyway)
             if q.w_int_initial is None:
                 q.w_int_initial = np.array(from_matrix(L.kind, V0.astype(np.int32), tuple(q.w_int.shape),
                                                        L.groups, node.attrs), dtype=np.int32)
@@ -1101,7 +1413,7 @@ class OrchestrateBits(Pass):
             changed = True
             info.update({"planes": P, "segment_rows": S, "E_q": E_q, "E_final": E_fin,
                          "error_increase": E_fin / E_q - 1.0,
-                         "w_sqnr_db_before": qmath.sqnr_db(sig, layer_error_power(T, V0, s)),
+                         "w_sqnr_db_before": qmath.sqnr_db(sig, E_q0),
                          "w_sqnr_db_after": qmath.sqnr_db(sig, E_fin)})
             L.stats["orchestrate"] = info
             L.stats["w_sqnr_db"] = info["w_sqnr_db_after"]
