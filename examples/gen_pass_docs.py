@@ -19,6 +19,7 @@ def main() -> None:
     reg = registry()
     order = ["cleanup", "fold-batchnorm", "quantize", "orchestrate-bits", "reorder", "cim-sparsity", "bias-correct",
              "slice-bits", "squeeze", "adc-size", "place", "estimate"]
+    reg = {n: c for n, c in reg.items() if c.__module__.startswith("xbc.passes.")}   # xbc's own passes only
     names = [n for n in order if n in reg] + sorted(set(reg) - set(order))
     out.append("| pass | summary |")
     out.append("|---|---|")
