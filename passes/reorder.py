@@ -333,6 +333,52 @@ def _block_counts(Xf: np.ndarray, perm: np.ndarray, S: int) -> np.ndarray:
     return ind @ Xf
 
 
+def _pair_and_swap(pos, blk, tgt, g, nb, perm, best, count):
+    """One swap round shared by the numpy and the kernel refinement: pair rows that want to move
+    from block a to b with rows that want b to a, then apply the best-gain pairs all at once,
+    halving their number until the count improves. Returns (perm, best, improved)."""
+    R = len(pos)
+    ar = np.arange(R, dtype=np.int64)
+    want = g > -np.inf
+    # pair rows a->b with rows b->a: per (a, b), both lists by decreasing gain (ties: row)
+    idx = np.flatnonzero(want)
+    idx = idx[np.lexsort((idx, -g[idx], tgt[idx], blk[idx]))]
+    key = blk[idx] * nb + tgt[idx]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(idx)]
+    group = {int(key[s]): (s, e) for s, e in zip(starts, ends)}
+    PI, PJ, PV = [], [], []
+    for kk, (s, e) in group.items():
+        a, b = divmod(kk, nb)
+        if a >= b or (b * nb + a) not in group:
+            continue
+        s2, e2 = group[b * nb + a]
+        m = min(e - s, e2 - s2)
+        ia, ib = idx[s:s + m], idx[s2:s2 + m]
+        tot = g[ia] + g[ib]
+        ok = tot > 0
+        PI.append(ia[ok])
+        PJ.append(ib[ok])
+        PV.append(tot[ok].astype(np.float64))
+    if not PI or not sum(len(x) for x in PI):
+        return perm, best, False
+    PI, PJ, PV = np.concatenate(PI), np.concatenate(PJ), np.concatenate(PV)
+    order = np.lexsort((PJ, PI, -PV))                         # by gain, then rows
+    PI, PJ = PI[order], PJ[order]
+    improved = False
+    n = len(PI)
+    while n:
+        pi = pos.copy()                # every row is in at most one pair: swap all at once
+        pi[PI[:n]], pi[PJ[:n]] = pos[PJ[:n]], pos[PI[:n]]
+        cand = np.empty(R, np.int64)
+        cand[pi] = ar
+        score = count(cand)
+        if score < best:
+            return cand, score, True
+        n //= 2
+    return perm, best, improved
+
+
 def _swap_refine(X: np.ndarray | None, perm: np.ndarray, S: int, rounds: int,
                  M: np.ndarray | None = None, XT: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Swap refinement (module docstring) of ``perm`` on the support ``X`` ``[R, F]`` (or its
@@ -387,44 +433,7 @@ def _swap_refine(X: np.ndarray | None, perm: np.ndarray, S: int, rounds: int,
         gain[ar, blk] = -np.inf
         tgt = np.argmax(gain, axis=1)
         g = gain[ar, tgt]
-        want = g > -np.inf
-        # pair rows a->b with rows b->a: per (a, b), both lists by decreasing gain (ties: row)
-        idx = np.flatnonzero(want)
-        idx = idx[np.lexsort((idx, -g[idx], tgt[idx], blk[idx]))]
-        key = blk[idx] * nb + tgt[idx]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        ends = np.r_[starts[1:], len(idx)]
-        group = {int(key[s]): (s, e) for s, e in zip(starts, ends)}
-        PI, PJ, PV = [], [], []
-        for kk, (s, e) in group.items():
-            a, b = divmod(kk, nb)
-            if a >= b or (b * nb + a) not in group:
-                continue
-            s2, e2 = group[b * nb + a]
-            m = min(e - s, e2 - s2)
-            ia, ib = idx[s:s + m], idx[s2:s2 + m]
-            tot = g[ia] + g[ib]
-            ok = tot > 0
-            PI.append(ia[ok])
-            PJ.append(ib[ok])
-            PV.append(tot[ok].astype(np.float64))
-        if not PI or not sum(len(x) for x in PI):
-            break
-        PI, PJ, PV = np.concatenate(PI), np.concatenate(PJ), np.concatenate(PV)
-        order = np.lexsort((PJ, PI, -PV))                         # by gain, then rows
-        PI, PJ = PI[order], PJ[order]
-        improved = False
-        n = len(PI)
-        while n:
-            pi = pos.copy()                # every row is in at most one pair: swap all at once
-            pi[PI[:n]], pi[PJ[:n]] = pos[PJ[:n]], pos[PI[:n]]
-            cand = np.empty(R, np.int64)
-            cand[pi] = ar
-            score = count(cand)
-            if score < best:
-                perm, best, improved = cand, score, True
-                break
-            n //= 2
+        perm, best, improved = _pair_and_swap(pos, blk, tgt, g, nb, perm, best, count)
         if not improved:
             break
     return perm, best
@@ -461,44 +470,7 @@ def _swap_refine_mask(M: np.ndarray, P: int, perm: np.ndarray, S: int, rounds: i
         pos[perm] = ar
         blk = pos // S                                          # block of each original row
         tgt, g = kern["swap_round"](Xw, perm, blk, S, nb)      # best target block, its gain
-        want = g > -np.inf
-        # pair rows a->b with rows b->a: per (a, b), both lists by decreasing gain (ties: row)
-        idx = np.flatnonzero(want)
-        idx = idx[np.lexsort((idx, -g[idx], tgt[idx], blk[idx]))]
-        key = blk[idx] * nb + tgt[idx]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        ends = np.r_[starts[1:], len(idx)]
-        group = {int(key[s]): (s, e) for s, e in zip(starts, ends)}
-        PI, PJ, PV = [], [], []
-        for kk, (s, e) in group.items():
-            a, b = divmod(kk, nb)
-            if a >= b or (b * nb + a) not in group:
-                continue
-            s2, e2 = group[b * nb + a]
-            m = min(e - s, e2 - s2)
-            ia, ib = idx[s:s + m], idx[s2:s2 + m]
-            tot = g[ia] + g[ib]
-            ok = tot > 0
-            PI.append(ia[ok])
-            PJ.append(ib[ok])
-            PV.append(tot[ok].astype(np.float64))
-        if not PI or not sum(len(x) for x in PI):
-            break
-        PI, PJ, PV = np.concatenate(PI), np.concatenate(PJ), np.concatenate(PV)
-        order = np.lexsort((PJ, PI, -PV))                         # by gain, then rows
-        PI, PJ = PI[order], PJ[order]
-        improved = False
-        n = len(PI)
-        while n:
-            pi = pos.copy()                # every row is in at most one pair: swap all at once
-            pi[PI[:n]], pi[PJ[:n]] = pos[PJ[:n]], pos[PI[:n]]
-            cand = np.empty(R, np.int64)
-            cand[pi] = ar
-            score = count(cand)
-            if score < best:
-                perm, best, improved = cand, score, True
-                break
-            n //= 2
+        perm, best, improved = _pair_and_swap(pos, blk, tgt, g, nb, perm, best, count)
         if not improved:
             break
     return perm, best
