@@ -19,9 +19,12 @@ calibration data equal that of the float layer. A layer without a bias gets one 
 ConvTranspose, Gemm: the bias input; MatMul: an ``Add`` after it, a digital op).
 
 Calibration data: ``ctx.calibration`` as in quantize, else the same synthetic default
-(``samples`` N(0,1) inputs drawn with ``ctx.seed``) and a warning. onnxruntime runs the float
-graph once over it with every layer input exposed; then one small graph applies every layer's
-``dW`` to its ``xbar``. Run it after the last pass that changes integer weights.
+(``samples`` N(0,1) inputs drawn with ``ctx.seed``) and a warning. The means ``xbar`` are those
+quantize recorded during its calibration run when the data are the same and the graph has not
+changed since (every node, input and constant array the same objects,
+:func:`xbc.calibration.same_graph`); otherwise onnxruntime runs the float graph over the data
+with every layer input exposed. Then one small graph applies every layer's ``dW`` to its
+``xbar``. Run it after the last pass that changes integer weights.
 
 Stats: per layer the RMS and the largest ``|delta|`` (``shift_rms``, ``shift_max``, in the
 layer's output units); in total the number of layers corrected.
@@ -36,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from xbc.calibration import _chunks, synthetic_calibration
+from xbc.calibration import _chunks, calibration_key, layer_mean, same_graph, synthetic_calibration
 from xbc.errors import ModelError, OptionError
 from xbc.ir import Graph, elem_type_of, make_onnx_attribute
 from xbc.layer import from_matrix, to_matrix
@@ -80,8 +83,7 @@ def layer_input_means(graph: Graph, layers, calib: dict[str, np.ndarray]) -> dic
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"onnxruntime failed on the calibration data: {e}") from None
         for n in names:
-            a = np.asarray(feeds[n] if n in graph_inputs else res[n], np.float64)
-            m = a.mean(axis=0, keepdims=True) if a.ndim >= 2 else a    # a vector input has no batch axis
+            m = layer_mean(feeds[n] if n in graph_inputs else res[n])   # a vector input has no batch axis
             acc[n] = acc[n] + m if n in acc else m
     return {n: a / max(len(feeds_list), 1) for n, a in acc.items()}
 
@@ -154,12 +156,21 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.layers() if n.layer.quant is not None]
         if not layers:
             return PassResult(False, {"layers": 0, "corrected": 0, "per_layer": {}})
-        calib = ctx.calibration
-        if calib is None:
-            calib = synthetic_calibration(graph.to_onnx(), seed=ctx.seed, samples=self.samples)
+        if ctx.calibration is None:
             ctx.warn(f"no calibration data: the mean layer inputs come from {self.samples} random N(0,1) "
                      f"inputs (seed {ctx.seed}); pass --calibration for real data")
-        means = layer_input_means(graph, layers, calib)
+        cached = ctx.extra.get("layer_input_means")
+        names = {n.inputs[0].name for n in layers}
+        if (cached is not None and cached["source"] == calibration_key(ctx, self.samples)
+                and names <= set(cached["means"]) and same_graph(cached["graph"], graph)):
+            means = cached["means"]          # quantize's run: the same data, the graph unchanged since
+            reused = True
+        else:
+            calib = ctx.calibration
+            if calib is None:
+                calib = synthetic_calibration(graph.to_onnx(), seed=ctx.seed, samples=self.samples)
+            means = layer_input_means(graph, layers, calib)
+            reused = False
         shifts = output_shifts(graph, layers, means)
         per_layer, corrected = {}, 0
         for node in ctx.each_layer(graph):
@@ -185,4 +196,5 @@ class BiasCorrect(Pass):
             corrected += 1
         if corrected:
             graph.topo_sort()
-        return PassResult(corrected > 0, {"layers": len(layers), "corrected": corrected, "per_layer": per_layer})
+        return PassResult(corrected > 0, {"layers": len(layers), "corrected": corrected,
+                                          "reused_quantize_calibration": reused, "per_layer": per_layer})

@@ -43,7 +43,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from xbc import qmath
-from xbc.calibration import RangesInBackground, synthetic_calibration
+from xbc.calibration import RangesInBackground, calibration_key, graph_snapshot, synthetic_calibration
 from xbc.errors import OptionError
 from xbc.ir import Graph
 from xbc.layer import Quant
@@ -188,5 +188,8 @@ class Quantize(Pass):
         names = [n.inputs[0].name for n in layers]
         shapes = {n.inputs[0].name: list(n.inputs[0].shape) for n in layers if n.inputs[0].shape is not None}
         ets = {n.inputs[0].name: n.inputs[0].elem_type for n in layers if n.inputs[0].elem_type}
+        means: dict = {}      # the layer inputs' means, kept for bias-correct (same data, same graph)
+        ctx.extra["layer_input_means"] = {"means": means, "graph": graph_snapshot(graph),
+                                          "source": calibration_key(ctx, self.calib_samples)}
         return RangesInBackground(model, names, calib, method=self.calib_method, percentile=self.percentile,
-                                  shapes=shapes, elem_types=ets)
+                                  shapes=shapes, elem_types=ets, means=means)

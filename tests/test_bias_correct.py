@@ -103,3 +103,25 @@ def test_options_and_spec():
     assert pm.spec == "bias-correct{samples=4}"
     with pytest.raises(OptionError, match="samples"):
         PassManager("bias-correct{samples=0}")
+
+
+def test_reuses_quantize_calibration_means_exactly():
+    """bias-correct takes the layer-input means quantize recorded in its calibration run when
+    the data and the graph are unchanged; they equal a fresh run's means exactly."""
+    from xbc.calibration import synthetic_calibration
+    from xbc.passes.bias_correct import layer_input_means
+
+    m = tiny_cnn()
+    res = compile_model(m, "sme", pipeline="fold-batchnorm,quantize,orchestrate-bits,bias-correct")
+    assert res.results[-1].stats["reused_quantize_calibration"] is True
+    # the same means as bias-correct's own run would give (on the graph before the correction)
+    res0 = compile_model(m, "sme", pipeline="fold-batchnorm,quantize")
+    cached = res0.ctx.extra["layer_input_means"]["means"]
+    layers = list(res0.graph.layers())
+    fresh = layer_input_means(res0.graph, layers, synthetic_calibration(res0.graph.to_onnx(), seed=0, samples=8))
+    assert set(fresh) <= set(cached)
+    for k in fresh:
+        np.testing.assert_array_equal(cached[k], fresh[k])
+    # other data (a different sample count): its own run
+    res2 = compile_model(m, "sme", pipeline="fold-batchnorm,quantize,bias-correct{samples=4}")
+    assert res2.results[-1].stats["reused_quantize_calibration"] is False

@@ -203,17 +203,25 @@ def _chunks(calib: dict[str, np.ndarray], model: onnx.ModelProto) -> list[dict[s
     return out
 
 
+def layer_mean(a: np.ndarray) -> np.ndarray:
+    """A value's mean over one calibration run's leading axis (kept, size 1), float64; a vector
+    (or scalar) value has no batch axis and is kept whole. bias-correct averages these over runs."""
+    a = np.asarray(a, np.float64)
+    return a.mean(axis=0, keepdims=True) if a.ndim >= 2 else a
+
+
 def collect_ranges(model: onnx.ModelProto, value_names: list[str], calib: dict[str, np.ndarray], *,
                    method: str = "minmax", percentile: float = 99.99,
                    shapes: dict[str, tuple] | None = None, elem_types: dict[str, int] | None = None,
-                   ) -> dict[str, tuple[float, float]]:
+                   means: dict | None = None) -> dict[str, tuple[float, float]]:
     """Run the model once over the calibration batch; ``(lo, hi)`` per requested value.
 
     ``method="minmax"`` gives the smallest and largest value seen, ``"percentile"`` the
-    ``100-percentile`` and ``percentile`` percentiles of all values seen.
+    ``100-percentile`` and ``percentile`` percentiles of all values seen. With a dict
+    ``means``, also fills it with each value's mean over the runs (:func:`layer_mean`).
     """
     return _run_ranges(*_prepare_ranges(model, value_names, calib, method, shapes, elem_types),
-                       method=method, percentile=percentile)
+                       method=method, percentile=percentile, means=means)
 
 
 class RangesInBackground:
@@ -225,7 +233,8 @@ class RangesInBackground:
 
     def __init__(self, model: onnx.ModelProto, value_names: list[str], calib: dict[str, np.ndarray], *,
                  method: str = "minmax", percentile: float = 99.99,
-                 shapes: dict[str, tuple] | None = None, elem_types: dict[str, int] | None = None):
+                 shapes: dict[str, tuple] | None = None, elem_types: dict[str, int] | None = None,
+                 means: dict | None = None):
         import threading  # noqa: PLC0415
 
         self._out: dict = {}
@@ -234,7 +243,7 @@ class RangesInBackground:
         def work():
             try:
                 self._out = collect_ranges(model, value_names, calib, method=method, percentile=percentile,
-                                           shapes=shapes, elem_types=elem_types)
+                                           shapes=shapes, elem_types=elem_types, means=means)
             except BaseException as e:  # noqa: BLE001  (raised by result())
                 self._error = e
 
@@ -284,7 +293,8 @@ def _prepare_ranges(model, value_names, calib, method, shapes, elem_types):
     return sess, feeds_list, wanted, input_names
 
 
-def _run_ranges(sess, feeds_list, wanted, input_names, *, method, percentile) -> dict[str, tuple[float, float]]:
+def _run_ranges(sess, feeds_list, wanted, input_names, *, method, percentile,
+                means: dict | None = None) -> dict[str, tuple[float, float]]:
     fetch = [n for n in wanted if n not in input_names]
     lo = {n: np.inf for n in wanted}
     hi = {n: -np.inf for n in wanted}
@@ -310,6 +320,12 @@ def _run_ranges(sess, feeds_list, wanted, input_names, *, method, percentile) ->
                 hi[n] = max(hi[n], a_hi)
             else:
                 seen[n].append(a.astype(np.float32).ravel())
+            if means is not None:
+                m = layer_mean(a)
+                means[n] = means[n] + m if n in means else m
+    if means is not None:
+        for n in list(means):
+            means[n] = means[n] / len(feeds_list)
     out = {}
     for n in wanted:
         if method == "percentile" and seen[n]:
@@ -344,3 +360,30 @@ def synthetic_calibration(model: onnx.ModelProto, seed: int = 0, samples: int = 
         else:
             out[name] = rng.integers(0, 4, size=shape).astype(dt)
     return out
+
+
+def calibration_key(ctx, samples: int) -> tuple:
+    """What identifies the calibration data a pass runs on: the given arrays (by identity) or the
+    synthetic default's seed and sample count."""
+    if ctx.calibration is not None:
+        return ("given", id(ctx.calibration))
+    return ("synthetic", int(ctx.seed), int(samples))
+
+
+def graph_snapshot(graph) -> list:
+    """Every node with its input values and their constant arrays, held by reference: the graph
+    computes the same float values later iff :func:`same_graph` (the IR's constants are
+    read-only, so a pass that changes a weight installs a new array)."""
+    return [(n, tuple(n.inputs), tuple(None if v is None else v.const for v in n.inputs)) for n in graph.nodes]
+
+
+def same_graph(snapshot: list, graph) -> bool:
+    nodes = graph.nodes
+    if len(snapshot) != len(nodes):
+        return False
+    for (n, ins, consts), m in zip(snapshot, nodes):
+        if n is not m or len(ins) != len(m.inputs) or any(a is not b for a, b in zip(ins, m.inputs)):
+            return False
+        if any(c is not (None if v is None else v.const) for c, v in zip(consts, m.inputs)):
+            return False
+    return True
