@@ -281,7 +281,7 @@ class BenchOptions:
     placement: bool = True
     sim: bool = True
     sim_samples: int | None = None
-    place_time_limit: float = 10.0
+    place_time_limit: float = 2.0
     quick: bool = False
 
 
@@ -525,7 +525,7 @@ def run_bench(models: tuple[str, ...] | list[str] | None = DEFAULT_MODELS, *, mo
     opts = BenchOptions(models=tuple(models or ()), model_files=tuple(model_files), input_shapes=dict(input_shapes or {}),
                         targets=tuple(targets), samples=int(samples), seed=int(seed), ablation=ablation,
                         fidelity=fidelity, placement=placement, sim=sim, quick=quick,
-                        place_time_limit=place_time_limit if place_time_limit is not None else (2.0 if quick else 10.0))
+                        place_time_limit=place_time_limit if place_time_limit is not None else 2.0)
     if opts.samples < 0:
         raise OptionError("--samples must be >= 0")
     from . import targets as tg  # noqa: PLC0415
@@ -688,7 +688,7 @@ def _split(s: str | None) -> tuple[str, ...]:
 @click.option("--no-ablation", is_flag=True, help="Only the targets' default pipelines, no per-pass ablation rows.")
 @click.option("--no-placement", is_flag=True, help="Skip the greedy vs CP-SAT placement comparison.")
 @click.option("--no-sim", is_flag=True, help="Skip the simulator timing.")
-@click.option("--place-time-limit", default=None, type=float, help="CP-SAT time limit for the placement comparison (s).")
+@click.option("--place-time-limit", default=None, type=float, help="CP-SAT time limit for the placement comparison, in deterministic seconds (default 2, as the place pass).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def bench_cmd(models, model_files, input_shape, targets, samples, seed, quick, no_ablation, no_placement, no_sim,
