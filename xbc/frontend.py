@@ -879,25 +879,18 @@ def _rewrite_qlinear(graph: Graph, node: Node) -> bool:
     else:
         tail = ("QuantizeLinear", [yf, _scalar_param(graph, ys)] + ([_scalar_param(graph, yz)] if yz is not None else []),
                 {})
-    dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
-    dummy.producer = node
-    node.outputs[0] = dummy
-    y.producer = None
+    _replace_output(graph, node, 0, y.shape, y.elem_type)      # the old node dies; y is produced anew
     _produce(graph, tail[0], tail[1], y, after=node, attrs=tail[2], name=base + "_" + tail[0].lower())
     graph.remove_node(node)
     fnode.meta["prequant_from"] = op
     return True
 
 
-def _single_use(v: Value | None) -> Node | None:
-    if v is None or len(v.uses) != 1 or v in v_graph_outputs(v):
+def _single_use(graph: Graph, v: Value | None) -> Node | None:
+    """The one node reading ``v`` (not a graph output), else None."""
+    if v is None or len(v.uses) != 1 or v in graph.outputs:
         return None
     return v.uses[0][0]
-
-
-def v_graph_outputs(v: Value) -> list[Value]:
-    g = v.producer.graph if v.producer is not None else None
-    return g.outputs if g is not None else []
 
 
 def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
@@ -921,10 +914,10 @@ def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
         return False
     if w is None or w.const is None or (wz is not None and wz.const is None) or (op == "MatMulInteger" and w.const.ndim != 2):
         return False
-    cast = _single_use(node.outputs[0])
+    cast = _single_use(graph, node.outputs[0])
     if cast is None or cast.op_type != "Cast" or int(cast.attr("to", 0)) != onnx.TensorProto.FLOAT:
         return False
-    mul = _single_use(cast.outputs[0])
+    mul = _single_use(graph, cast.outputs[0])
     if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2:
         return False
     sv = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
@@ -956,10 +949,7 @@ def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
     types = dict(node.attr_types) if float_op == "Conv" else {}
     fnode = graph.make_node(float_op, [x, wv], 1, name=node.name + "_float", attrs=attrs, attr_types=types,
                             shapes=[y.shape], elem_types=[y.elem_type], before=mul)
-    dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
-    dummy.producer = mul
-    mul.outputs[0] = dummy
-    y.producer = None
+    _replace_output(graph, mul, 0, y.shape, y.elem_type)       # the Mul chain dies (cleanup drops it)
     _produce(graph, "Identity", [fnode.outputs[0]], y, after=mul, name=node.name + "_out")
     fnode.meta["prequant_from"] = op + " (dynamic)"
     return True
@@ -1002,21 +992,12 @@ def _rewrite_qgemm(graph: Graph, node: Node) -> bool:
         f_inputs.append(graph.add_const(C.name + "_f", Cf.astype(fdt)))
     attrs = {k: node.attrs[k] for k in ("alpha", "transA", "transB") if k in node.attrs}
     types = {k: node.attr_types[k] for k in attrs if k in node.attr_types}
-    if Ys is None:      # float output: the float Gemm replaces the node in place
-        fnode = graph.make_node("Gemm", f_inputs, 1, name=base + "_float", attrs=attrs, attr_types=types,
-                                shapes=[y.shape], elem_types=[f_et], before=node)
-        dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
-        dummy.producer = node
-        node.outputs[0] = dummy
-        y.producer = None
+    fnode = graph.make_node("Gemm", f_inputs, 1, name=base + "_float", attrs=attrs, attr_types=types,
+                            shapes=[y.shape], elem_types=[f_et], before=node)
+    _replace_output(graph, node, 0, y.shape, y.elem_type)      # the old node dies; y is produced anew
+    if Ys is None:      # float output
         _produce(graph, "Identity", [fnode.outputs[0]], y, after=node, name=base + "_out")
     else:
-        fnode = graph.make_node("Gemm", f_inputs, 1, name=base + "_float", attrs=attrs, attr_types=types,
-                                shapes=[y.shape], elem_types=[f_et], before=node)
-        dummy = graph.add_value(y.name + "_old", y.shape, y.elem_type)
-        dummy.producer = node
-        node.outputs[0] = dummy
-        y.producer = None
         _produce(graph, "QuantizeLinear", [fnode.outputs[0], _scalar_param(graph, Ys)]
                  + ([_scalar_param(graph, Yz)] if Yz is not None else []), y, after=node,
                  name=base + "_quantizelinear")
