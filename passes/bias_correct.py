@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
-from xbc.calibration import _chunks, calibration_key, layer_mean, same_graph, synthetic_calibration
-from xbc.errors import ModelError, OptionError
+from xbc.calibration import calibration_key, collect_ranges, same_graph, synthetic_calibration
+from xbc.errors import OptionError
 from xbc.ir import Graph, elem_type_of, make_onnx_attribute
 from xbc.layer import from_matrix, to_matrix
 from xbc.passmanager import Pass, PassContext, PassResult, register
@@ -60,32 +59,15 @@ def effective_weight_error(node) -> np.ndarray:
 
 
 def layer_input_means(graph: Graph, layers, calib: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Mean of every layer input over the calibration data and its leading axis (kept, size 1)."""
-    from xbc import ortutil  # noqa: PLC0415
-
-    model = graph.to_onnx()
+    """Mean of every layer input over the calibration data (:func:`xbc.calibration.layer_mean`),
+    from one calibration run (:func:`xbc.calibration.collect_ranges`)."""
     names = list(dict.fromkeys(n.inputs[0].name for n in layers))
-    graph_inputs = {i.name for i in model.graph.input}
-    existing = {o.name for o in model.graph.output}
-    by_name = {n.inputs[0].name: n.inputs[0] for n in layers}
-    for name in names:
-        if name not in existing and name not in graph_inputs:
-            v = by_name[name]
-            model.graph.output.append(helper.make_tensor_value_info(name, v.elem_type or onnx.TensorProto.FLOAT,
-                                                                    list(v.shape) if v.shape else None))
-    feeds_list = _chunks(calib, model)
-    sess = ortutil.session(model)
-    fetch = [n for n in names if n not in graph_inputs]
-    acc: dict[str, np.ndarray] = {}
-    for feeds in feeds_list:
-        try:
-            res = dict(zip(fetch, sess.run(fetch, feeds))) if fetch else {}
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"onnxruntime failed on the calibration data: {e}") from None
-        for n in names:
-            m = layer_mean(feeds[n] if n in graph_inputs else res[n])   # a vector input has no batch axis
-            acc[n] = acc[n] + m if n in acc else m
-    return {n: a / max(len(feeds_list), 1) for n, a in acc.items()}
+    vals = {n.inputs[0].name: n.inputs[0] for n in layers}
+    means: dict[str, np.ndarray] = {}
+    collect_ranges(graph.to_onnx(), names, calib, means=means,
+                   shapes={k: list(v.shape) for k, v in vals.items() if v.shape is not None},
+                   elem_types={k: v.elem_type for k, v in vals.items() if v.elem_type})
+    return means
 
 
 def output_shifts(graph: Graph, layers, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
