@@ -41,21 +41,17 @@ from onnx import helper, numpy_helper
 from xbc.calibration import calibration_key, collect_ranges, same_graph, synthetic_calibration
 from xbc.errors import OptionError
 from xbc.ir import Graph, elem_type_of, make_onnx_attribute
-from xbc.layer import from_matrix, to_matrix
+from xbc.effective import effective_weight
 from xbc.passmanager import Pass, PassContext, PassResult, register
 
 
 def effective_weight_error(node) -> np.ndarray:
     """``W_q - W`` in the weight tensor's layout (float64); Gemm's ``alpha`` as quantize folds it."""
     L = node.layer
-    q = L.quant
     W = np.asarray(L.weight_value(node).const, np.float64)
-    M = to_matrix(L.kind, W, L.groups, node.attrs)
     if L.kind == "gemm":
-        M = M * float(node.attrs.get("alpha", 1.0))
-    s = np.asarray(q.w_scale, np.float64).reshape(L.groups, 1, L.cols)
-    Mq = to_matrix(L.kind, np.asarray(q.w_int, np.float64), L.groups, node.attrs) * s
-    return from_matrix(L.kind, Mq - M, W.shape, L.groups, node.attrs)
+        W = W * float(node.attrs.get("alpha", 1.0))
+    return effective_weight(node, np.float64) - W
 
 
 def layer_input_means(graph: Graph, layers, calib: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -45,14 +45,14 @@ def integer_weight(node) -> np.ndarray:
     return np.asarray(L.quant.w_int, np.int64)
 
 
-def effective_weight(node) -> np.ndarray:
-    """``W_int * w_scale[o]`` in the weight's layout and dtype."""
+def effective_weight(node, dtype=None) -> np.ndarray:
+    """``W_int * w_scale[o]`` in the weight's layout, in ``dtype`` (default: the weight's own)."""
     L = node.layer
     W = L.weight_value(node).const
     Wi = integer_weight(node)
     M = to_matrix(L.kind, Wi.astype(np.float64), L.groups, node.attrs)
     M = M * np.asarray(L.quant.w_scale, np.float64).reshape(L.groups, 1, L.cols)
-    return from_matrix(L.kind, M, tuple(W.shape), L.groups, node.attrs).astype(W.dtype)
+    return from_matrix(L.kind, M, tuple(W.shape), L.groups, node.attrs).astype(dtype or W.dtype)
 
 
 def effective_model(graph: Graph) -> onnx.ModelProto:
