@@ -939,9 +939,8 @@ def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
         waxis, float_op = 1, "MatMul"
     else:
         N = w.const.shape[0]
-        if ws.size not in (1, N):        # a Conv's per-channel scale broadcasts as [N, 1, 1]
-            if not (ws.size == N and ws.shape[-1] == 1):
-                return False
+        if ws.size not in (1, N):        # per tensor, or per output channel (any [N, 1, ...] shape)
+            return False
         waxis, float_op = 0, "Conv"
     Wf, meta = _dequant(w.const, ws.reshape(-1).astype(np.float32), None if wz is None else wz.const, waxis)
     wv = _const(graph, w.name + "_dq", Wf.astype(np.float32), meta)
