@@ -939,8 +939,9 @@ def _rewrite_dynamic_quant(graph: Graph, node: Node) -> bool:
         waxis, float_op = 1, "MatMul"
     else:
         N = w.const.shape[0]
-        if ws.size not in (1, N):        # per tensor, or per output channel (any [N, 1, ...] shape)
-            return False
+        ca = -(w.const.ndim - 1)         # the channel axis of the output, counted from the end
+        if ws.size != 1 and not (ws.size == N and ws.ndim >= -ca and ws.shape[ca] == N):
+            return False                 # per tensor, or per output channel ([N, 1, 1] broadcast)
         waxis, float_op = 0, "Conv"
     Wf, meta = _dequant(w.const, ws.reshape(-1).astype(np.float32), None if wz is None else wz.const, waxis)
     wv = _const(graph, w.name + "_dq", Wf.astype(np.float32), meta)
